@@ -1,0 +1,16 @@
+"""tfp_ircpm: Implicit Riemannian Concave Potential Maps for TFP.
+
+Rezende & Racanière (2021), arXiv 2110.01288.
+"""
+
+from tfp_ircpm import bijectors
+from tfp_ircpm import distributions
+from tfp_ircpm import manifolds
+from tfp_ircpm import potentials
+from tfp_ircpm import solvers
+from tfp_ircpm.bijectors import IRCPM
+
+__version__ = '0.1.0'
+
+__all__ = ['IRCPM', 'bijectors', 'distributions', 'manifolds', 'potentials',
+           'solvers']

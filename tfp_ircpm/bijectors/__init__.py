@@ -1,0 +1,5 @@
+"""Bijectors on manifolds."""
+
+from tfp_ircpm.bijectors.ircpm import IRCPM
+
+__all__ = ['IRCPM']

@@ -1,0 +1,239 @@
+"""The Implicit Riemannian Concave Potential Map as a TFP bijector."""
+
+from typing import Callable, Optional
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfp_ircpm import _linalg
+from tfp_ircpm import solvers
+from tfp_ircpm.manifolds import base
+
+tfb = tfp.bijectors
+
+NONCONVERGENCE_POLICIES = ('warn', 'nan', 'ignore')
+
+
+class IRCPM(tfb.Bijector):
+  """f(x) = exp_x(-grad ψ^c(x)), ψ^c(x) = min_y ½d(x,y)² + ψ(y) (Eqs. 2-3).
+
+  * forward: the c-transform solve from y = x (Lemma 4). By the envelope
+    theorem -grad ψ^c(x) = log_x(y*), so f(x) = y*. Gradients with respect to
+    x and to ψ's variables use the implicit function theorem at y*
+    (`solvers.implicit_step`), never the solver's iterations.
+  * inverse: the solve's optimality condition -log_y(x) + grad ψ(y) = 0 gives
+    f⁻¹(y) = exp_y(grad ψ(y)) in closed form: exact, no solve.
+  * inverse_log_det_jacobian(y) = log|det E_{f⁻¹(y)}ᵀ J_{f⁻¹}(y) E_y| (Eq. 4),
+    the intrinsic log-det with orthonormal frames, so densities are with
+    respect to the Riemannian volume (as `tfd.SphericalUniform`'s are).
+    forward_log_det_jacobian(x) = -ildj(f(x)).
+
+  f is a diffeomorphism when ψ obeys the bounds of Lemmas 3-4 (small ‖grad ψ‖
+  and ‖Hess ψ‖); then ψ is also the c-transform of ψ^c and the closed-form
+  inverse inverts the solve.
+
+  Args:
+    manifold: a `tfp_ircpm.manifolds.Manifold`.
+    potential: ψ, any callable mapping points [..., ambient_dim] to [...]
+      (or [..., 1]): a `potentials.*` object, a `tf.Module`, a `tf_keras`
+      model or a function. tf.Module/Keras variables are tracked.
+    method: solver, 'newton' (default) or 'gradient' (the paper's descent).
+    tolerance: solver tolerance on ‖grad_y h‖; default 1e-5 (float32) or
+      1e-10 (float64).
+    max_iterations: solver cap; default 50 (Newton) or 1000 (gradient).
+    nonconvergence: what `forward` does with points whose solve missed the
+      tolerance when `validate_args=False`: 'warn' (default; prints a
+      warning with tf.print, not XLA-compilable), 'nan' (those outputs become
+      NaN, so nothing downstream is silently wrong) or 'ignore'. With
+      `validate_args=True` a non-converged solve raises
+      `tf.errors.InvalidArgumentError`.
+    validate_args: check inputs are on the manifold and solves converge.
+    name: name scope.
+  """
+
+  def __init__(self,
+               manifold: base.Manifold,
+               potential: Callable[[tf.Tensor], tf.Tensor],
+               method: str = 'newton',
+               tolerance: Optional[float] = None,
+               max_iterations: Optional[int] = None,
+               nonconvergence: str = 'warn',
+               validate_args: bool = False,
+               name: str = 'ircpm'):
+    parameters = dict(locals())
+    if not isinstance(manifold, base.Manifold):
+      raise TypeError(f'manifold must be a Manifold, got {manifold!r}.')
+    if not callable(potential):
+      raise TypeError(f'potential must be callable, got {potential!r}.')
+    if method not in solvers.METHODS:
+      raise ValueError(f'method must be one of {solvers.METHODS}.')
+    if nonconvergence not in NONCONVERGENCE_POLICIES:
+      raise ValueError(
+          f'nonconvergence must be one of {NONCONVERGENCE_POLICIES}.')
+    with tf.name_scope(name) as name:
+      self._manifold = manifold
+      self._potential = potential
+      self._method = method
+      self._tolerance = tolerance
+      self._max_iterations = max_iterations
+      self._nonconvergence = nonconvergence
+      # Eagerly, the while-loop runs as one graph: faster, and an eager tape
+      # then records one (stop-gradient) call instead of every iteration.
+      self._solve_graph = tf.function(self._solve_flat, reduce_retracing=True)
+      super().__init__(
+          forward_min_event_ndims=1,
+          validate_args=validate_args,
+          parameters=parameters,
+          name=name)
+
+  @property
+  def manifold(self) -> base.Manifold:
+    return self._manifold
+
+  @property
+  def potential(self):
+    return self._potential
+
+  @property
+  def method(self) -> str:
+    return self._method
+
+  @classmethod
+  def _is_increasing(cls):
+    return False
+
+  # -- helpers ---------------------------------------------------------------
+
+  def _flatten(self, x):
+    x = tf.convert_to_tensor(x)
+    if self.validate_args:
+      with tf.control_dependencies(self._manifold.membership_assertions(x)):
+        x = tf.identity(x)
+    else:
+      self._manifold._check_event_size(x, self.name)  # pylint: disable=protected-access
+    shape = tf.shape(x)
+    return tf.reshape(x, [-1, self._manifold.ambient_dim]), shape
+
+  def _solve_flat(self, x):
+    return solvers.solve(self._manifold, self._potential, x,
+                         method=self._method, tolerance=self._tolerance,
+                         max_iterations=self._max_iterations)
+
+  def _solve_any_mode(self, x_flat):
+    x_flat = tf.stop_gradient(x_flat)
+    if tf.executing_eagerly():
+      return self._solve_graph(x_flat)
+    return self._solve_flat(x_flat)
+
+  def riemannian_grad_potential(self, y: tf.Tensor) -> tf.Tensor:
+    """grad ψ(y) = P_y ∇ψ(y), [..., ambient_dim]; differentiable (nested tapes)."""
+    with tf.GradientTape() as tape:
+      tape.watch(y)
+      psi = solvers.call_potential(self._potential, y)
+    g = tape.gradient(psi, y, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return self._manifold.proju(y, g)
+
+  def _inverse_flat(self, y):
+    m = self._manifold
+    y = m.projx(y)
+    return m.projx(m.expmap(y, self.riemannian_grad_potential(y)))
+
+  # -- public diagnostics ------------------------------------------------------
+
+  def solve(self, x: tf.Tensor) -> solvers.SolveResult:
+    """Runs the c-transform solve at x and returns its diagnostics.
+
+    Args:
+      x: points [..., ambient_dim].
+
+    Returns:
+      `SolveResult` with `point` [..., ambient_dim], `iterations`, `residual`
+      (‖grad_y h‖) and `converged` [...], and `hessian` [..., dim, dim]. None
+      of it carries gradients; use `forward` for differentiable outputs.
+    """
+    with tf.name_scope(f'{self.name}/solve'):
+      x_flat, shape = self._flatten(x)
+      r = self._solve_any_mode(self._manifold.projx(x_flat))
+      batch = shape[:-1]
+      d = self._manifold.dim
+      return solvers.SolveResult(
+          point=tf.reshape(r.point, shape),
+          iterations=tf.reshape(r.iterations, batch),
+          residual=tf.reshape(r.residual, batch),
+          converged=tf.reshape(r.converged, batch),
+          hessian=tf.reshape(r.hessian, tf.concat([batch, [d, d]], 0)))
+
+  # -- Bijector hooks ----------------------------------------------------------
+
+  def _forward(self, x):
+    x_flat, shape = self._flatten(x)
+    x_flat = self._manifold.projx(x_flat)
+    result = self._solve_any_mode(x_flat)
+    y = solvers.implicit_step(self._manifold, self._potential, x_flat, result)
+    y = self._handle_nonconvergence(y, result)
+    return tf.reshape(y, shape)
+
+  def _handle_nonconvergence(self, y, result):
+    worst = tf.reduce_max(result.residual)
+    if self.validate_args:
+      ok = tf.debugging.assert_equal(
+          tf.reduce_all(result.converged), True,
+          message=(f'{self.name}: the c-transform solve did not reach its '
+                   'tolerance for some points (ψ may violate the bounds of '
+                   'Lemmas 3-4, or max_iterations is too small). Worst '
+                   'residual:'),
+          data=[worst])
+      with tf.control_dependencies([ok]):
+        return tf.identity(y)
+    if self._nonconvergence == 'nan':
+      nan = tf.constant(float('nan'), y.dtype)
+      return tf.where(result.converged[:, tf.newaxis], y, nan)
+    if self._nonconvergence == 'warn':
+      def warn():
+        tf.print('WARNING:', self.name, ': c-transform solve missed its '
+                 'tolerance at', tf.reduce_sum(tf.cast(~result.converged,
+                                                       tf.int32)),
+                 'points; worst residual', worst,
+                 output_stream='file://stderr')
+        return tf.constant(True)
+      done = tf.cond(tf.reduce_all(result.converged),
+                     lambda: tf.constant(True), warn)
+      with tf.control_dependencies([done]):
+        return tf.identity(y)
+    return y
+
+  def _inverse(self, y):
+    y_flat, shape = self._flatten(y)
+    return tf.reshape(self._inverse_flat(y_flat), shape)
+
+  def _inverse_log_det_jacobian(self, y):
+    y_flat, shape = self._flatten(y)
+    m = self._manifold
+    y_flat = m.projx(y_flat)
+    frame_y = m.tangent_frame(y_flat)
+    v = tf.zeros(tf.stack([tf.shape(y_flat)[0], m.dim]), dtype=y_flat.dtype)
+    with tf.GradientTape() as tape:
+      tape.watch(v)
+      x = self._inverse_flat(m.expmap(y_flat, tf.linalg.matvec(frame_y, v)))
+    jac = tape.batch_jacobian(
+        x, v, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    frame_x = m.tangent_frame(x)
+    intrinsic = tf.linalg.matmul(frame_x, jac, transpose_a=True)
+    return tf.reshape(_linalg.logabsdet(intrinsic), shape[:-1])
+
+  def _experimental_compute_density_correction(self, x, tangent_space,
+                                               backward_compat=False,
+                                               **kwargs):
+    """Intrinsic fldj whatever the base's tangent space.
+
+    TFP's default would differentiate `forward` along a basis of the tangent
+    space (JVPs through the solve), which is slow and gives wrong parameter
+    gradients (second derivatives of the IFT step). The intrinsic fldj is
+    already the density change with respect to the Riemannian volume, and the
+    image stays on the same manifold, so the tangent space is unchanged.
+    """
+    del backward_compat
+    event_ndims = kwargs.pop('event_ndims', self.forward_min_event_ndims)
+    return (self.forward_log_det_jacobian(x, event_ndims=event_ndims,
+                                          **kwargs),
+            tangent_space)

@@ -1,0 +1,9 @@
+"""Manifolds: tori, spheres and their products (the geoopt-style protocol)."""
+
+from tfp_ircpm.manifolds.base import Manifold
+from tfp_ircpm.manifolds.product import Product
+from tfp_ircpm.manifolds.sphere import Sphere
+from tfp_ircpm.manifolds.torus import Torus
+from tfp_ircpm.manifolds.torus import wrap
+
+__all__ = ['Manifold', 'Product', 'Sphere', 'Torus', 'wrap']

@@ -1,0 +1,98 @@
+"""The flat torus T^n = R^n / 2πZ^n in angle coordinates."""
+
+import math
+from typing import List
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfp_ircpm.manifolds import base
+
+tfd = tfp.distributions
+
+TWO_PI = 2. * math.pi
+
+
+def wrap(a: tf.Tensor) -> tf.Tensor:
+  """Maps angles to [-π, π). Its derivative is 1 (floor has zero gradient)."""
+  pi = tf.constant(math.pi, a.dtype)
+  return a - 2. * pi * tf.floor((a + pi) / (2. * pi))
+
+
+class Torus(base.Manifold):
+  """T^n with angles θ ∈ [0, 2π)^n; the metric is the flat one.
+
+  Any finite angle represents a point; canonical coordinates are [0, 2π).
+  Forward/inverse maps return canonical coordinates. The membership check
+  accepts angles in [-2π, 4π] so that bases such as `tfd.VonMises` (support
+  [-π, π]) can be used directly, while catching degrees or garbage.
+  """
+
+  def __init__(self, dim: int):
+    if int(dim) < 1:
+      raise ValueError(f'Torus dimension must be >= 1, got {dim}.')
+    self._dim = int(dim)
+
+  def __repr__(self):
+    return f'Torus({self._dim})'
+
+  @property
+  def dim(self) -> int:
+    return self._dim
+
+  @property
+  def ambient_dim(self) -> int:
+    return self._dim
+
+  @property
+  def embed_dim(self) -> int:
+    return 2 * self._dim
+
+  @property
+  def volume(self) -> float:
+    return TWO_PI ** self._dim
+
+  def expmap(self, x, v):
+    return self.projx(x + v)
+
+  def logmap(self, x, y):
+    """The shortest representative of y - x; at a difference of exactly π the
+    representative -π is returned (the cut locus has two geodesics)."""
+    return wrap(y - x)
+
+  def sq_dist(self, x, y):
+    return tf.reduce_sum(tf.square(wrap(y - x)), axis=-1)
+
+  def proju(self, x, u):
+    del x
+    return u
+
+  def projx(self, x):
+    two_pi = tf.constant(TWO_PI, x.dtype)
+    return x - two_pi * tf.floor(x / two_pi)
+
+  def tangent_frame(self, x):
+    eye = tf.eye(self._dim, dtype=x.dtype)
+    return tf.broadcast_to(
+        eye, tf.concat([tf.shape(x)[:-1], [self._dim, self._dim]], axis=0))
+
+  def embed(self, x):
+    return tf.concat([tf.cos(x), tf.sin(x)], axis=-1)
+
+  def uniform(self, dtype=tf.float32):
+    low = tf.zeros([self._dim], dtype=dtype)
+    high = tf.fill([self._dim], tf.constant(TWO_PI, dtype))
+    return tfd.Independent(tfd.Uniform(low, high),
+                           reinterpreted_batch_ndims=1)
+
+  def membership_assertions(self, x) -> List[tf.Operation]:
+    ops = self._check_event_size(x, repr(self))
+    ops += self._finite_assertions(x, repr(self))
+    lo = tf.constant(-TWO_PI, x.dtype)
+    hi = tf.constant(2. * TWO_PI, x.dtype)
+    ops.append(tf.debugging.assert_greater_equal(
+        x, lo, message=f'{self!r}: angles must lie in [-2π, 4π] (radians).'))
+    ops.append(tf.debugging.assert_less_equal(
+        x, hi, message=f'{self!r}: angles must lie in [-2π, 4π] (radians).'))
+    return ops
+
