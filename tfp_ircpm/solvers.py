@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple, Optional
 
 import tensorflow as tf
 
+from tfp_ircpm.manifolds import _series
 from tfp_ircpm.manifolds import base
 
 Potential = Callable[[tf.Tensor], tf.Tensor]
@@ -169,7 +170,7 @@ def solve(manifold: base.Manifold,
     v = -tf.linalg.cholesky_solve(chol, g[..., tf.newaxis])[..., 0]
     slope = tf.reduce_sum(g * v, axis=-1)                       # < 0
     # The slack absorbs round-off in h once the step is below resolution.
-    slack = 16. * tf.constant(_eps(dtype), dtype) * (1. + tf.abs(value))
+    slack = 16. * tf.constant(_series.machine_eps(dtype), dtype) * (1. + tf.abs(value))
     cands = []
     ok = []
     for a in _STEP_SIZES:
@@ -269,6 +270,24 @@ def implicit_step(manifold: base.Manifold, potential: Potential, x: tf.Tensor,
   return manifold.projx(manifold.expmap(y, tf.linalg.matvec(frame, w)))
 
 
-def _eps(dtype: tf.DType) -> float:
-  return {tf.float16: 1e-3, tf.bfloat16: 8e-3, tf.float32: 1.2e-7}.get(
-      dtype, 2.3e-16)
+def unrolled_solve(manifold: base.Manifold, potential: Potential, x: tf.Tensor,
+                   iterations: int) -> tf.Tensor:
+  """The paper's approach: `iterations` unit-step Riemannian gradient steps
+  from y = x, differentiated by backpropagation through every iteration.
+
+  Memory and backward time grow linearly with `iterations`. Provided as the
+  reference that IFT gradients are tested and benchmarked against.
+
+  Args:
+    x: [N, ambient_dim].
+    iterations: a Python int (the loop is unrolled).
+
+  Returns:
+    [N, ambient_dim], differentiable through all iterations.
+  """
+  y = manifold.projx(x)
+  for _ in range(int(iterations)):
+    _, g, _, frame = local_derivatives(manifold, potential, x, y,
+                                       with_hessian=False)
+    y = manifold.projx(manifold.expmap(y, -tf.linalg.matvec(frame, g)))
+  return y

@@ -68,6 +68,11 @@ def asinc_sqrt(z2: tf.Tensor) -> tf.Tensor:
       z2, lambda z: tf.asin(tf.sqrt(z)) / tf.sqrt(z), ASINC_COEFFS)
 
 
+def machine_eps(dtype: tf.DType) -> float:
+  return {tf.float16: 1e-3, tf.bfloat16: 8e-3, tf.float32: 1.2e-7}.get(
+      dtype, 2.3e-16)
+
+
 def safe_sqrt(t2: tf.Tensor) -> tf.Tensor:
   """sqrt with a zero (not NaN/inf) gradient at 0."""
   zero = tf.equal(t2, 0.)

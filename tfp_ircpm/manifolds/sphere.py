@@ -53,31 +53,52 @@ class Sphere(base.Manifold):
     t2 = tf.reduce_sum(v * v, axis=-1, keepdims=True)
     return _series.cos_sqrt(t2) * x + _series.sinc_sqrt(t2) * v
 
-  def _half_chord2(self, x, y):
-    """z² = |y - x|²/4 = sin²(θ/2), clipped to [0, 1]."""
-    w = y - x
-    return tf.clip_by_value(0.25 * tf.reduce_sum(w * w, axis=-1, keepdims=True),
-                            0., 1.)
+  def _chords(self, x, y):
+    """Squared half-chords z² = |y - x|²/4 = sin²(θ/2), w² = |y + x|²/4 = cos²(θ/2).
+
+    Each shape [..., 1]. z² resolves small angles and w² angles near π, so
+    each formula below only ever uses the one that is <= 1/2.
+    """
+    a, b = y - x, y + x
+    z2 = 0.25 * tf.reduce_sum(a * a, axis=-1, keepdims=True)
+    w2 = 0.25 * tf.reduce_sum(b * b, axis=-1, keepdims=True)
+    near = z2 <= 0.5
+    half = tf.constant(0.5, x.dtype)
+    # Double-where: each branch sees only inputs in [0, 1/2], so no branch
+    # ever evaluates asin' at 1 (infinite) and poisons the other's gradient.
+    z2_near = tf.where(near, z2, half)
+    z2_far = tf.where(near, half, tf.maximum(z2, half))
+    w2_far = tf.where(near, half, tf.minimum(w2, half))
+    return near, z2_near, z2_far, w2_far
+
+  def _far_angle(self, w2_far):
+    """θ = π - 2 asin(w) for θ > π/2, from w² = cos²(θ/2)."""
+    pi = tf.constant(math.pi, w2_far.dtype)
+    return pi - 2. * _series.safe_sqrt(w2_far) * _series.asinc_sqrt(w2_far)
 
   def logmap(self, x, y):
-    """log_x(y) = θ / sin θ · P_x(y - x), with θ = 2 asin z, z = |y - x|/2.
+    """log_x(y) = θ / sin θ · P_x(y - x).
 
-    θ / sin θ = [asin(z)/z] / sqrt(1 - z²) is analytic in z² near 0. At the cut
-    locus (y = -x) the direction P_x(y - x) vanishes and the factor blows up;
-    we cap 1 - z² below at machine epsilon so the result is finite (the zero
-    vector, since the direction is undefined there).
+    For θ <= π/2, θ / sin θ = [asin(z)/z] / sqrt(1 - z²), analytic in z² at 0.
+    For θ > π/2, sin θ = 2 z w with w = |x + y|/2. At the cut locus y = -x the
+    direction P_x(y - x) vanishes and log is undefined; we floor w² at machine
+    epsilon so the result stays finite (near the zero vector).
     """
     w = y - x
     u = w - _dot(x, w) * x
-    z2 = self._half_chord2(x, y)
-    eps = tf.constant(_series.small_threshold(x.dtype) ** 4, x.dtype)
-    cos_half = tf.sqrt(tf.maximum(1. - z2, eps))
-    return (_series.asinc_sqrt(z2) / cos_half) * u
+    near, z2_near, z2_far, w2_far = self._chords(x, y)
+    ratio_near = _series.asinc_sqrt(z2_near) / tf.sqrt(1. - z2_near)
+    eps = tf.constant(_series.machine_eps(x.dtype), x.dtype)
+    ratio_far = self._far_angle(w2_far) / (
+        2. * tf.sqrt(z2_far) * tf.sqrt(tf.maximum(w2_far, eps)))
+    return tf.where(near, ratio_near, ratio_far) * u
 
   def sq_dist(self, x, y):
-    """θ² = 4 z² (asin(z)/z)²."""
-    z2 = self._half_chord2(x, y)
-    return tf.squeeze(4. * z2 * tf.square(_series.asinc_sqrt(z2)), axis=-1)
+    """θ² = 4 z² (asin(z)/z)² for θ <= π/2, (π - 2 asin w)² beyond."""
+    near, z2_near, _, w2_far = self._chords(x, y)
+    near_val = 4. * z2_near * tf.square(_series.asinc_sqrt(z2_near))
+    far_val = tf.square(self._far_angle(w2_far))
+    return tf.squeeze(tf.where(near, near_val, far_val), axis=-1)
 
   def proju(self, x, u):
     return u - _dot(x, u) * x

@@ -1,0 +1,80 @@
+"""Shared fixtures and helpers for the test suite."""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import pytest
+import tensorflow as tf
+
+import tfp_ircpm as ircpm
+
+M = ircpm.manifolds
+
+
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'slow: long reproductions, not run in CI')
+  tf.get_logger().setLevel('ERROR')
+
+
+MANIFOLDS = {
+    'T1': lambda: M.Torus(1),
+    'T2': lambda: M.Torus(2),
+    'T3': lambda: M.Torus(3),
+    'S1': lambda: M.Sphere(1),
+    'S2': lambda: M.Sphere(2),
+    'S3': lambda: M.Sphere(3),
+    'T1xS2': lambda: M.Product([M.Torus(1), M.Sphere(2)]),
+}
+
+
+def make_bijector(manifold, dtype=tf.float64, scale=0.1, hidden=(16, 16),
+                  seed=0, **kwargs):
+  """An IRCPM with a random MLP ψ small enough for Lemma 4."""
+  psi = ircpm.potentials.MLP(manifold, hidden, output_scale=scale, seed=seed,
+                             dtype=dtype)
+  return ircpm.IRCPM(manifold, psi, **kwargs)
+
+
+def tangent_basis(manifold, x):
+  return manifold.tangent_frame(x)
+
+
+def fd_intrinsic_jacobian(manifold, fn, x, eps):
+  """Central finite differences of fn in orthonormal frames: E_{fn(x)}ᵀ J E_x.
+
+  Args:
+    fn: maps [N, ambient] → [N, ambient].
+    x: [N, ambient] float64.
+
+  Returns:
+    [N, dim, dim] numpy array.
+  """
+  frame = manifold.tangent_frame(x)
+  y = fn(x)
+  frame_y = manifold.tangent_frame(y)
+  cols = []
+  for k in range(manifold.dim):
+    e = frame[..., k]
+    yp = fn(manifold.expmap(x, eps * e))
+    ym = fn(manifold.expmap(x, -eps * e))
+    # Difference through log maps so the torus wrap cannot create jumps.
+    d = (manifold.logmap(y, yp) - manifold.logmap(y, ym)) / (2. * eps)
+    cols.append(tf.linalg.matvec(frame_y, d, transpose_a=True))
+  return tf.stack(cols, axis=-1).numpy()
+
+
+def fibonacci_sphere(n):
+  """Equal-area point set on S² (each point carries area 4π/n)."""
+  i = np.arange(n) + 0.5
+  z = 1. - 2. * i / n
+  phi = np.pi * (1. + 5. ** 0.5) * i
+  r = np.sqrt(1. - z * z)
+  return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=-1)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+  tf.random.set_seed(1234)
+  np.random.seed(1234)
