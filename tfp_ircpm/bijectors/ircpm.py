@@ -1,5 +1,6 @@
 """The Implicit Riemannian Concave Potential Map as a TFP bijector."""
 
+import sys
 from typing import Callable, Optional
 
 import tensorflow as tf
@@ -176,13 +177,11 @@ class IRCPM(tfb.Bijector):
   def _handle_nonconvergence(self, y, result):
     worst = tf.reduce_max(result.residual)
     if self.validate_args:
-      ok = tf.debugging.assert_equal(
-          tf.reduce_all(result.converged), True,
-          message=(f'{self.name}: the c-transform solve did not reach its '
-                   'tolerance for some points (ψ may violate the bounds of '
-                   'Lemmas 3-4, or max_iterations is too small). Worst '
-                   'residual:'),
-          data=[worst])
+      ok = tf.debugging.Assert(
+          tf.reduce_all(result.converged),
+          [f'{self.name}: the c-transform solve did not reach its tolerance '
+           'for some points (ψ may violate the bounds of Lemmas 3-4, or '
+           'max_iterations is too small). Worst residual:', worst])
       with tf.control_dependencies([ok]):
         return tf.identity(y)
     if self._nonconvergence == 'nan':
@@ -194,7 +193,7 @@ class IRCPM(tfb.Bijector):
                  'tolerance at', tf.reduce_sum(tf.cast(~result.converged,
                                                        tf.int32)),
                  'points; worst residual', worst,
-                 output_stream='file://stderr')
+                 output_stream=sys.stderr)
         return tf.constant(True)
       done = tf.cond(tf.reduce_all(result.converged),
                      lambda: tf.constant(True), warn)
