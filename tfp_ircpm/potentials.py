@@ -31,7 +31,11 @@ def softplus(x: tf.Tensor) -> tf.Tensor:
 
 
 class MLP(tf.Module):
-  """ψ(x) = output_scale · W_L σ(... σ(W_1 embed(x) + b_1) ...) + b_L.
+  """ψ(x) = output_scale · W_L σ(... σ(W_1 embed(x) + b_1) ...).
+
+  The output layer has no bias: a constant shift of ψ leaves the map
+  unchanged (f depends on ψ only through its gradient), so such a bias would
+  never receive a gradient.
 
   `embed` is the manifold's smooth embedding: the point itself on S^n,
   (cos θ, sin θ) on T^n (so ψ is smooth and 2π-periodic), concatenations on
@@ -73,9 +77,10 @@ class MLP(tf.Module):
     with self.name_scope:
       for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         w = rng.normal([fan_in, fan_out], dtype=self._dtype) / math.sqrt(fan_in)
-        b = rng.normal([fan_out], dtype=self._dtype) * 0.1
         self.weights.append(tf.Variable(w, name=f'w{i}'))
-        self.biases.append(tf.Variable(b, name=f'b{i}'))
+        if i < len(sizes) - 2:
+          b = rng.normal([fan_out], dtype=self._dtype) * 0.1
+          self.biases.append(tf.Variable(b, name=f'b{i}'))
 
   def __call__(self, x: tf.Tensor) -> tf.Tensor:
     """ψ(x): points [..., ambient_dim] → values [...].
@@ -87,10 +92,8 @@ class MLP(tf.Module):
     h = self.manifold.embed(x)
     batch_shape = tf.shape(h)[:-1]
     h = tf.reshape(h, [-1, self.manifold.embed_dim])
-    last = len(self.weights) - 1
-    for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-      h = tf.matmul(h, tf.cast(w, dtype)) + tf.cast(b, dtype)
-      if i < last:
-        h = self.activation(h)
-    out = h[:, 0] * tf.constant(self.output_scale, dtype)
+    for w, b in zip(self.weights[:-1], self.biases):
+      h = self.activation(tf.matmul(h, tf.cast(w, dtype)) + tf.cast(b, dtype))
+    out = tf.matmul(h, tf.cast(self.weights[-1], dtype))[:, 0]
+    out = out * tf.constant(self.output_scale, dtype)
     return tf.reshape(out, batch_shape)

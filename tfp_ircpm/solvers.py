@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple, Optional
 
 import tensorflow as tf
 
+from tfp_ircpm import _autodiff
 from tfp_ircpm.manifolds import _series
 from tfp_ircpm.manifolds import base
 
@@ -110,11 +111,10 @@ def local_derivatives(manifold: base.Manifold, potential: Potential,
   if not with_hessian:
     value, g = value_and_gradient()
     return value, g, None, frame
-  with tf.GradientTape() as outer:
+  with tf.GradientTape(persistent=True) as outer:
     outer.watch(v)
     value, g = value_and_gradient()
-  hess = outer.batch_jacobian(
-      g, v, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  hess = _autodiff.batch_jacobian(outer, g, v)
   return value, g, hess, frame
 
 

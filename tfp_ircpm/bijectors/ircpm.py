@@ -6,6 +6,7 @@ from typing import Callable, Optional
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_ircpm import _autodiff
 from tfp_ircpm import _linalg
 from tfp_ircpm import solvers
 from tfp_ircpm.manifolds import base
@@ -213,18 +214,17 @@ class IRCPM(tfb.Bijector):
   def _ildj_flat(self, y_flat):
     """log|det E_xᵀ J_{f⁻¹}(y) E_y| for y [N, ambient_dim] → [N].
 
-    J E_y is the Jacobian of v ↦ f⁻¹(exp_y(E_y v)) at v = 0 (dim reverse
-    passes via batch_jacobian, nested over the tape that gives grad ψ).
+    J E_y is the Jacobian of v ↦ f⁻¹(exp_y(E_y v)) at v = 0 (one reverse
+    pass per ambient coordinate, nested over the tape that gives grad ψ).
     """
     m = self._manifold
     y_flat = m.projx(y_flat)
     frame_y = m.tangent_frame(y_flat)
     v = tf.zeros(tf.stack([tf.shape(y_flat)[0], m.dim]), dtype=y_flat.dtype)
-    with tf.GradientTape() as tape:
+    with tf.GradientTape(persistent=True) as tape:
       tape.watch(v)
       x = self._inverse_flat(m.expmap(y_flat, tf.linalg.matvec(frame_y, v)))
-    jac = tape.batch_jacobian(
-        x, v, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    jac = _autodiff.batch_jacobian(tape, x, v)
     frame_x = m.tangent_frame(x)
     intrinsic = tf.linalg.matmul(frame_x, jac, transpose_a=True)
     return _linalg.logabsdet(intrinsic)
