@@ -160,7 +160,7 @@ def test_ift_gradients_match_finite_differences_and_unrolled(name):
   with tf.GradientTape(persistent=True) as tape:
     tape.watch(x)
     l_ift = loss_of(bij.forward(x + 0.))
-    l_unr = loss_of(ircpm.solvers.unrolled_solve(m, psi, x, 60))
+    l_unr = loss_of(ircpm.solvers.unrolled_solve(m, psi, x, 30))
   np.testing.assert_allclose(l_ift, l_unr, rtol=1e-12)
   for var in [psi.weights[0], psi.weights[1], psi.biases[0]]:
     g_ift = tape.gradient(l_ift, var).numpy()

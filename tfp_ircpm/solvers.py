@@ -20,9 +20,13 @@ Gradients never flow through the iterations: the returned point is wrapped in
 implicit function theorem at the solution).
 """
 
+import functools
 from typing import Callable, NamedTuple, Optional
 
 import tensorflow as tf
+# Public TF has no way to pause every active tape; GradientTape.stop_recording
+# uses this same context for its own tape.
+from tensorflow.python.eager import record  # pylint: disable=g-direct-tensorflow-import
 
 from tfp_ircpm import _autodiff
 from tfp_ircpm.manifolds import _series
@@ -118,6 +122,30 @@ def local_derivatives(manifold: base.Manifold, potential: Potential,
   return value, g, hess, frame
 
 
+def _symbolic_derivatives(manifold: base.Manifold, potential: Potential,
+                          x: tf.Tensor, y: tf.Tensor, with_hessian: bool):
+  """`local_derivatives` with `tf.gradients` instead of tapes (graph only).
+
+  The solve loop is built with every tape paused: a tape that watches ψ's
+  variables makes while_v2 wrap the loop for higher-order tape gradients,
+  which costs seconds of tracing and memory per call, and the loop's outputs
+  are never differentiated anyway (see `implicit_step`). Symbolic gradients
+  need no tape, so they work in that context.
+  """
+  frame = manifold.tangent_frame(y)
+  v = tf.zeros(tf.stack([tf.shape(y)[0], manifold.dim]), dtype=y.dtype)
+  z = manifold.expmap(y, tf.linalg.matvec(frame, v))
+  value = cost(manifold, potential, x, z)
+  zero = tf.UnconnectedGradients.ZERO
+  g = tf.gradients(value, v, unconnected_gradients=zero)[0]
+  hess = None
+  if with_hessian:
+    rows = [tf.gradients(gk, v, unconnected_gradients=zero)[0]
+            for gk in tf.unstack(g, num=manifold.dim, axis=1)]
+    hess = tf.stack(rows, axis=1)
+  return value, g, hess, frame
+
+
 def _gershgorin_shift(hess: tf.Tensor, floor: float) -> tf.Tensor:
   """hess + μI with μ >= 0 chosen so every Gershgorin disc sits above `floor`.
 
@@ -139,6 +167,9 @@ def solve(manifold: base.Manifold,
           max_iterations: Optional[int] = None) -> SolveResult:
   """Minimises h(x, ·) from y = x for a batch of points.
 
+  Builds a graph with every gradient tape paused (eagerly, inside a one-off
+  `tf.function`; `IRCPM` keeps a cached one).
+
   Args:
     manifold: the `Manifold`.
     potential: ψ, points [..., ambient] → [...].
@@ -153,6 +184,16 @@ def solve(manifold: base.Manifold,
   if method not in METHODS:
     raise ValueError(f'method must be one of {METHODS}, got {method!r}.')
   x = tf.stop_gradient(tf.convert_to_tensor(x))
+  build = functools.partial(_solve_graph, manifold, potential, method=method,
+                            tolerance=tolerance, max_iterations=max_iterations)
+  with record.stop_recording():
+    if tf.executing_eagerly():
+      return tf.function(build)(x)
+    return build(x)
+
+
+def _solve_graph(manifold, potential, x, method, tolerance, max_iterations):
+  """Body of `solve`, in graph mode with tapes paused."""
   dtype = x.dtype
   tol = tf.constant(
       default_tolerance(dtype) if tolerance is None else tolerance, dtype)
@@ -162,7 +203,7 @@ def solve(manifold: base.Manifold,
   n = tf.shape(x)[0]
 
   def derivatives(y):
-    return local_derivatives(manifold, potential, x, y, with_hessian=newton)
+    return _symbolic_derivatives(manifold, potential, x, y, newton)
 
   def newton_step(y, value, g, hess, frame):
     hess_pd = _gershgorin_shift(hess, 1e-3)
@@ -224,7 +265,7 @@ def solve(manifold: base.Manifold,
       (tf.constant(0), y0, value0, g0, hess0, frame0, iters0, active0),
       maximum_iterations=cap)
   if not newton:
-    _, g, hess, _ = local_derivatives(manifold, potential, x, y, True)
+    _, g, hess, _ = _symbolic_derivatives(manifold, potential, x, y, True)
   residual = residual_of(g)
   return SolveResult(
       point=tf.stop_gradient(y),
