@@ -33,7 +33,7 @@ def _listed_files():
 
 def test_every_python_file_is_in_build():
   listed = _listed_files()
-  on_disk = {str(p.relative_to(ROOT)) for d in ('tfp_ircpm', 'tests', 'examples')
+  on_disk = {str(p.relative_to(ROOT)) for d in ('tfp_ircpm', 'tests', 'examples', 'benchmarks')
              for p in (ROOT / d).rglob('*.py')}
   missing = sorted(on_disk - listed)
   assert not missing, f'add these files to BUILD: {missing}'
