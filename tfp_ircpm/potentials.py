@@ -9,6 +9,7 @@ paper) so that ‖grad ψ‖ and ‖Hess ψ‖ start small, as Lemmas 3-4 requir
 import math
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from tfp_ircpm.manifolds import base
@@ -69,7 +70,7 @@ class MLP(tf.Module):
     self.activation = activation
     self.hidden_units = tuple(int(h) for h in hidden_units)
     self._dtype = tf.as_dtype(dtype)
-    sizes = (manifold.embed_dim,) + self.hidden_units + (1,)
+    sizes = (self._feature_dim(),) + self.hidden_units + (1,)
     rng = tf.random.Generator.from_seed(seed) if seed is not None else (
         tf.random.Generator.from_non_deterministic_state())
     self.weights = []
@@ -82,6 +83,17 @@ class MLP(tf.Module):
           b = rng.normal([fan_out], dtype=self._dtype) * 0.1
           self.biases.append(tf.Variable(b, name=f'b{i}'))
 
+  def _feature_dim(self) -> int:
+    return self.manifold.embed_dim
+
+  def features(self, x: tf.Tensor) -> tf.Tensor:
+    """The network's input features, [..., feature_dim]."""
+    return self.manifold.embed(x)
+
+  @property
+  def num_parameters(self) -> int:
+    return sum(int(v.shape.num_elements()) for v in self.trainable_variables)
+
   def __call__(self, x: tf.Tensor) -> tf.Tensor:
     """ψ(x): points [..., ambient_dim] → values [...].
 
@@ -89,11 +101,145 @@ class MLP(tf.Module):
     network evaluated on float64 points is a float64 computation.
     """
     dtype = x.dtype
-    h = self.manifold.embed(x)
+    h = self.features(x)
     batch_shape = tf.shape(h)[:-1]
-    h = tf.reshape(h, [-1, self.manifold.embed_dim])
+    h = tf.reshape(h, [-1, self._feature_dim()])
     for w, b in zip(self.weights[:-1], self.biases):
       h = self.activation(tf.matmul(h, tf.cast(w, dtype)) + tf.cast(b, dtype))
     out = tf.matmul(h, tf.cast(self.weights[-1], dtype))[:, 0]
     out = out * tf.constant(self.output_scale, dtype)
     return tf.reshape(out, batch_shape)
+
+
+class InvariantMLP(MLP):
+  """ψ = MLP(features(x)) with G-invariant features: a G-equivariant flow.
+
+  If every g ∈ G acts by isometries and features(g·x) = features(x), then ψ
+  is G-invariant and the IRCPM is G-equivariant (Lemma 1). The paper's
+  "Symmetric MLP" on T² uses h = θ₁ − θ₂, invariant under the diagonal shift
+  θ ↦ θ + c·1; `diagonal_shift_features` provides (cos h, sin h) for it.
+
+  Args:
+    manifold: the `Manifold` ψ is defined on.
+    features: callable, points [..., ambient_dim] → [..., feature_dim].
+    feature_dim: size of the features' last axis.
+    hidden_units, output_scale, activation, dtype, seed: as for `MLP`.
+  """
+
+  def __init__(self,
+               manifold: base.Manifold,
+               features: Callable[[tf.Tensor], tf.Tensor],
+               feature_dim: int,
+               hidden_units: Sequence[int] = (32, 32),
+               output_scale: float = 1. / 20.,
+               activation: Callable[[tf.Tensor], tf.Tensor] = softplus,
+               dtype=tf.float32,
+               seed: Optional[int] = None,
+               name: str = 'invariant_mlp_potential'):
+    self._features_fn = features
+    self._feature_size = int(feature_dim)
+    super().__init__(manifold, hidden_units, output_scale, activation, dtype,
+                     seed, name)
+
+  def _feature_dim(self) -> int:
+    return self._feature_size
+
+  def features(self, x: tf.Tensor) -> tf.Tensor:
+    return self._features_fn(x)
+
+
+def diagonal_shift_features(theta: tf.Tensor) -> tf.Tensor:
+  """(cos, sin) of consecutive differences θᵢ − θᵢ₊₁ on Tⁿ, [..., 2(n−1)].
+
+  Invariant under the diagonal U(1) action θ ↦ θ + c·1 (the symmetry of the
+  paper's u₁), and a complete set of invariants: they determine θ up to it.
+  """
+  diff = theta[..., :-1] - theta[..., 1:]
+  return tf.concat([tf.cos(diff), tf.sin(diff)], axis=-1)
+
+
+def gradient(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+  """∇fn(x) (ambient), differentiable again, for use *inside* potentials.
+
+  The c-transform solve builds its graph with every gradient tape paused
+  (see `solvers.solve`), so a potential that needs a derivative of something
+  must not rely on `tf.GradientTape` alone: in graph mode this uses
+  `tf.gradients`, which needs no tape, and eagerly a tape.
+  """
+  if tf.executing_eagerly():
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      value = fn(x)
+    return tape.gradient(value, x,
+                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  value = fn(x)
+  return tf.gradients(value, x,
+                      unconnected_gradients=tf.UnconnectedGradients.ZERO)[0]
+
+
+class EnergyPotential(tf.Module):
+  """ψ = α u(x) [+ grad u(x)ᵀ M grad u(x)]: the families of Sec. 3.3.
+
+  Lemma 2 suggests that ψ, ψ^c and the target energy u share their mode
+  structure, so ψ = g(u) + Δ with g non-decreasing. This class is the
+  paper's Table 1 "αu" (1 parameter) and "αu + ∇uᵀM∇u" (α and a symmetric
+  M: 4 parameters on T²) parametrisations.
+
+  grad u is the Riemannian gradient in ambient coordinates. On tori that is
+  the tangent-frame gradient itself (the frame is the identity), so M is the
+  symmetric matrix in the tangent frame. On spheres a frame cannot be chosen
+  smoothly everywhere (hairy ball), so M acts on the ambient representation
+  P_x ∇u, keeping ψ smooth: (n+1)(n+2)/2 entries of M on Sⁿ.
+
+  Args:
+    manifold: the `Manifold`.
+    energy: u, points [..., ambient_dim] → [...].
+    quadratic: include the ∇uᵀM∇u term.
+    alpha: initial α.
+    dtype: variable dtype.
+  """
+
+  def __init__(self,
+               manifold: base.Manifold,
+               energy: Callable[[tf.Tensor], tf.Tensor],
+               quadratic: bool = False,
+               alpha: float = 0.1,
+               dtype=tf.float32,
+               name: str = 'energy_potential'):
+    super().__init__(name=name)
+    self.manifold = manifold
+    self.energy = energy
+    self.quadratic = bool(quadratic)
+    with self.name_scope:
+      self.alpha = tf.Variable(tf.constant(alpha, dtype), name='alpha')
+      if self.quadratic:
+        n = manifold.ambient_dim
+        self.m_entries = tf.Variable(tf.zeros([n * (n + 1) // 2], dtype),
+                                     name='m_upper')
+
+  @property
+  def num_parameters(self) -> int:
+    return sum(int(v.shape.num_elements()) for v in self.trainable_variables)
+
+  def matrix(self, dtype=None) -> tf.Tensor:
+    """The symmetric M, [ambient_dim, ambient_dim].
+
+    `m_entries` holds its upper triangle in row-major order (the order of
+    `np.triu_indices`): M₀₀, M₀₁, ..., M₁₁, ...
+    """
+    n = self.manifold.ambient_dim
+    rows, cols = np.triu_indices(n)
+    upper = tf.scatter_nd(np.stack([rows, cols], -1), self.m_entries, [n, n])
+    m = upper + tf.transpose(upper) - tf.linalg.diag(tf.linalg.diag_part(upper))
+    return m if dtype is None else tf.cast(m, dtype)
+
+  def __call__(self, x: tf.Tensor) -> tf.Tensor:
+    dtype = x.dtype
+    u = tf.cast(self.energy(x), dtype)
+    psi = tf.cast(self.alpha, dtype) * u
+    if self.quadratic:
+      grad_u = self.manifold.proju(
+          x, gradient(lambda z: tf.cast(self.energy(z), dtype), x))
+      m = self.matrix(dtype)
+      psi += tf.reduce_sum(grad_u * tf.linalg.matvec(m, grad_u), axis=-1)
+    return psi

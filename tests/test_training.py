@@ -1,0 +1,105 @@
+"""Losses, ESS/KL metrics against known answers, and short training runs."""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+import tfp_ircpm as ircpm
+from tfp_ircpm import targets
+from tfp_ircpm import training
+from conftest import make_bijector
+
+tfd = tfp.distributions
+tfb = tfp.bijectors
+M = ircpm.manifolds
+
+
+def _vmf_target(kappa, mu):
+  mu_t = tf.constant(mu, tf.float64)
+  return targets.Target(
+      M.Sphere(2),
+      lambda x: -kappa * tf.reduce_sum(tf.cast(mu_t, x.dtype) * x, -1),
+      targets.sphere_grid, 'vmf')
+
+
+def test_metrics_of_the_exact_model_are_perfect():
+  kappa, mu = 3., [0., 0.6, 0.8]
+  target = _vmf_target(kappa, mu)
+  np.testing.assert_allclose(
+      target.log_normalizer, math.log(4 * math.pi * math.sinh(kappa) / kappa),
+      rtol=1e-12)
+  q = tfd.VonMisesFisher(tf.constant(mu, tf.float64),
+                         tf.constant(kappa, tf.float64))
+  m = training.evaluate(q, target, 20000, seed=(1, 2))
+  np.testing.assert_allclose(m['ess'], 1., atol=1e-9)
+  np.testing.assert_allclose(m['kl'], 0., atol=1e-9)
+
+
+def test_metrics_of_uniform_against_vmf_match_closed_forms():
+  """q = U(S²), p = vMF(κ): KL = log(sinh κ / κ), ESS → 1/(κ coth κ)."""
+  kappa = 2.
+  target = _vmf_target(kappa, [0., 0., 1.])
+  q = M.Sphere(2).uniform(tf.float64)
+  m = training.evaluate(q, target, 20000, seed=(3, 4))
+  np.testing.assert_allclose(m['kl'], math.log(math.sinh(kappa) / kappa),
+                             atol=0.01)
+  np.testing.assert_allclose(m['ess'], math.tanh(kappa) / kappa, atol=0.02)
+
+
+def test_ess_from_log_weights_is_shift_invariant_and_exact():
+  w = np.array([1., 2., 3., 4.])
+  expected = w.sum() ** 2 / (w ** 2).sum() / 4
+  for shift in [0., -700., 700.]:
+    np.testing.assert_allclose(
+        training.ess_from_log_weights(tf.constant(np.log(w) + shift)),
+        expected, rtol=1e-12)
+
+
+def test_reverse_kl_training_lowers_kl():
+  target = targets.torus_u3()
+  psi = ircpm.potentials.EnergyPotential(target.manifold, target.energy,
+                                         alpha=0.)     # starts as identity
+  bij = ircpm.IRCPM(target.manifold, psi)
+  q = tfd.TransformedDistribution(target.manifold.uniform(),
+                                  tfb.Chain([bij, bij]))
+  before = training.evaluate(q, target, 4000, seed=(0, 1))
+  losses = training.fit_reverse_kl(q, target, 100, batch_size=256,
+                                   learning_rate=0.05, log_every=0)
+  after = training.evaluate(q, target, 4000, seed=(0, 1))
+  assert np.mean(losses[-20:]) < losses[0] - 0.1
+  assert after['kl'] < 0.6 * before['kl']
+  assert after['ess'] > before['ess']
+  # The loss is KL - log Z, the same quantity as evaluate()'s KL.
+  np.testing.assert_allclose(np.mean(losses[-20:]) + target.log_normalizer,
+                             after['kl'], atol=0.05)
+
+
+def test_maximum_likelihood_never_solves(monkeypatch):
+  calls = []
+  original = ircpm.solvers.solve
+
+  def counting(*args, **kwargs):
+    calls.append(1)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(ircpm.solvers, 'solve', counting)
+  target = targets.sphere_four_modes()
+  bij = make_bijector(target.manifold, dtype=tf.float32, scale=0.05, seed=1)
+  q = tfd.TransformedDistribution(target.manifold.uniform(),
+                                  tfb.Chain([bij, bij]))
+  data = tfd.VonMisesFisher(tf.constant(targets.sphere_modes()[0], tf.float32),
+                            10.).sample(512, seed=(1, 1))
+  losses = training.train(lambda s: training.nll_loss(q, data),
+                          q.trainable_variables, 60, learning_rate=1e-2,
+                          log_every=0)
+  assert not calls
+  assert losses[-1] < losses[0] - 0.1
+  training.reverse_kl_loss(q, target, 8, seed=(1, 2))   # the guard: it counts
+  assert calls
+
+
+def test_markdown_table():
+  table = training.markdown_table([dict(a=1, b=0.123456)], ['a', 'b'])
+  assert table.splitlines() == ['| a | b |', '|---|---|', '| 1 | 0.1235 |']
