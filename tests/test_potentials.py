@@ -72,8 +72,8 @@ def test_energy_potential_on_the_sphere_is_frame_free():
                           dtype=tf.float64)
   assert psi.num_parameters == 1 + 6
   psi.m_entries.assign(np.arange(6) * 0.01)
-  # Invariant under rotations that fix the energy? No: check smoothness at
-  # the frame switch (equator) instead: ψ is continuous across z = 0.
+  # No tangent frame is involved, so ψ is continuous across the equator,
+  # where Sphere.tangent_frame switches its reference pole.
   eps = 1e-7
   x = tf.constant([[math.sqrt(1 - eps ** 2), 0., eps],
                    [math.sqrt(1 - eps ** 2), 0., -eps]], tf.float64)

@@ -4,13 +4,16 @@ Rezende & Racanière (2021), arXiv 2110.01288.
 """
 
 from tfp_ircpm import bijectors
+from tfp_ircpm import bounds
 from tfp_ircpm import distributions
 from tfp_ircpm import manifolds
 from tfp_ircpm import potentials
 from tfp_ircpm import solvers
+from tfp_ircpm import targets
+from tfp_ircpm import training
 from tfp_ircpm.bijectors import IRCPM
 
 __version__ = '0.1.0'
 
-__all__ = ['IRCPM', 'bijectors', 'distributions', 'manifolds', 'potentials',
-           'solvers']
+__all__ = ['IRCPM', 'bijectors', 'bounds', 'distributions', 'manifolds',
+           'potentials', 'solvers', 'targets', 'training']

@@ -15,9 +15,8 @@ function on T². We use the periodic forms with the described structure:
 * u₂: the multimodal target of Rezende et al. 2020 (Table 2),
   p ∝ Σᵢ exp(cos(θ₁ − φᵢ₁) + cos(θ₂ − φᵢ₂)), φ = (0.21, 2.85), (1.89, 6.18),
   (3.77, 1.56): three modes;
-* u₃(θ) = 1.4 sin(2θ₁) sin(2θ₂): eight modes (four wells of each sign of the
-  product on the 2×2 checkerboard... of which the low-energy ones are modes),
-  the paper's "8 modes" counted as the local extrema pattern of Fig. 2.
+* u₃(θ) = 1.4 sin(2θ₁) sin(2θ₂): eight modes, where sin 2θ₁ sin 2θ₂ = −1,
+  as the paper's "8 modes".
 
 Sphere target (Sec. 5.2, Eq. 10): p(x) ∝ Σₖ exp(10 μₖᵀx), μₖ = (sin φₖ cos θₖ,
 sin φₖ sin θₖ, cos φₖ), θ = (1.5, 1.0, 5.0, 4.0), φ = (0.7, −1, 0.6, −0.7) +
