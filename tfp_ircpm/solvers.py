@@ -211,7 +211,8 @@ def _solve_graph(manifold, potential, x, method, tolerance, max_iterations):
     v = -tf.linalg.cholesky_solve(chol, g[..., tf.newaxis])[..., 0]
     slope = tf.reduce_sum(g * v, axis=-1)                       # < 0
     # The slack absorbs round-off in h once the step is below resolution.
-    slack = 16. * tf.constant(_series.machine_eps(dtype), dtype) * (1. + tf.abs(value))
+    eps = tf.constant(_series.machine_eps(dtype), dtype)
+    slack = 16. * eps * (1. + tf.abs(value))
     cands = []
     ok = []
     for a in _STEP_SIZES:
