@@ -20,6 +20,7 @@ setuptools.setup(
         'numpy>=1.26,<3',
         'absl-py>=2.1',
         'pytest>=8',
+        'hypothesis>=6',
     ],
     extras_require={'examples': ['matplotlib']},
 )

@@ -78,13 +78,28 @@ def cost(manifold: base.Manifold, potential: Potential, x: tf.Tensor,
 
 
 def call_potential(potential: Potential, y: tf.Tensor) -> tf.Tensor:
-  """ψ(y) with shape [...]: accepts potentials returning [..., 1] (Keras)."""
-  out = potential(y)
-  out = tf.convert_to_tensor(out)
-  if out.shape.rank is not None and out.shape.rank == y.shape.rank:
-    out = tf.squeeze(out, axis=-1)
-  return tf.cast(out, y.dtype)
+  """ψ(y) with shape [...] for points [..., ambient_dim].
 
+  Accepts potentials returning [..., 1] (Keras models). Any other static
+  shape is an error, as is a float dtype other than y's (a float32 Keras
+  model fed float64 points would otherwise lose precision silently).
+  """
+  out = tf.convert_to_tensor(potential(y))
+  batch = y.shape[:-1]
+  if out.shape.rank is not None and out.shape.rank == y.shape.rank and (
+      tf.compat.dimension_value(out.shape[-1]) == 1):
+    out = tf.squeeze(out, axis=-1)
+  if out.shape.rank is not None and batch.rank is not None and not (
+      out.shape.is_compatible_with(batch)):
+    raise ValueError(
+        f'The potential must map points {y.shape} to values {batch} (or '
+        f'{batch + [1]}); it returned shape {out.shape}.')
+  if out.dtype != y.dtype:
+    raise TypeError(
+        f'The potential returned {out.dtype.name} values for {y.dtype.name} '
+        'points; make it compute in the points\' dtype (potentials.MLP does) '
+        'or pass points of its dtype.')
+  return out
 
 
 def local_derivatives(manifold: base.Manifold, potential: Potential,

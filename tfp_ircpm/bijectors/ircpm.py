@@ -196,11 +196,12 @@ class IRCPM(tfb.Bijector):
   def _handle_nonconvergence(self, y, result):
     worst = tf.reduce_max(result.residual)
     if self.validate_args:
+      failing = tf.reduce_sum(tf.cast(~result.converged, tf.int32))
       ok = tf.debugging.Assert(
           tf.reduce_all(result.converged),
           [f'{self.name}: the c-transform solve did not reach its tolerance '
-           'for some points (ψ may violate the bounds of Lemmas 3-4, or '
-           'max_iterations is too small). Worst residual:', worst])
+           'at', failing, 'points (psi may violate the bounds of Lemmas 3-4, '
+           'or max_iterations is too small). Worst residual:', worst])
       with tf.control_dependencies([ok]):
         return tf.identity(y)
     if self._nonconvergence == 'nan':
@@ -229,7 +230,12 @@ class IRCPM(tfb.Bijector):
     return tf.reshape(self._ildj_fn(y_flat), shape[:-1])
 
   def _ildj_flat(self, y_flat):
-    """log|det E_xᵀ J_{f⁻¹}(y) E_y| for y [N, ambient_dim] → [N].
+    """log|det E_xᵀ J_{f⁻¹}(y) E_y| for y [N, ambient_dim] → [N]."""
+    jac, _ = self._intrinsic_inverse_jacobian(y_flat)
+    return _linalg.logabsdet(jac)
+
+  def _intrinsic_inverse_jacobian(self, y_flat):
+    """(E_xᵀ J_{f⁻¹}(y) E_y [N, dim, dim], x = f⁻¹(y) [N, ambient_dim]).
 
     J E_y is the Jacobian of v ↦ f⁻¹(exp_y(E_y v)) at v = 0 (one reverse
     pass per ambient coordinate, nested over the tape that gives grad ψ).
@@ -243,8 +249,23 @@ class IRCPM(tfb.Bijector):
       x = self._inverse_flat(m.expmap(y_flat, tf.linalg.matvec(frame_y, v)))
     jac = _autodiff.batch_jacobian(tape, x, v)
     frame_x = m.tangent_frame(x)
-    intrinsic = tf.linalg.matmul(frame_x, jac, transpose_a=True)
-    return _linalg.logabsdet(intrinsic)
+    return tf.linalg.matmul(frame_x, jac, transpose_a=True), x
+
+  def inverse_jacobian_determinant(self, y: tf.Tensor) -> tf.Tensor:
+    """Signed det of J_{f⁻¹}(y) between oriented tangent spaces, [...].
+
+    det(E_xᵀ J E_y) times the orientations of the two frames
+    (`Manifold.frame_orientation`), so the sign does not depend on which
+    frame `tangent_frame` picked. f⁻¹ = exp(grad ψ) is homotopic to the
+    identity (scale ψ to 0), so on a compact connected manifold det > 0
+    everywhere implies f⁻¹ is a covering of degree 1: a diffeomorphism.
+    """
+    y_flat, shape = self._flatten_points(y)
+    y_flat = self._manifold.projx(y_flat)
+    jac, x = self._intrinsic_inverse_jacobian(y_flat)
+    orient = (self._manifold.frame_orientation(x)
+              * self._manifold.frame_orientation(y_flat))
+    return tf.reshape(_linalg.det(jac) * orient, shape[:-1])
 
   def _experimental_compute_density_correction(self, x, tangent_space,
                                                backward_compat=False,

@@ -78,6 +78,11 @@ class Manifold(abc.ABC):
   def tangent_frame(self, x: tf.Tensor) -> tf.Tensor:
     """Orthonormal frame E_x of T_x M, shape [..., ambient_dim, dim]."""
 
+  def frame_orientation(self, x: tf.Tensor) -> tf.Tensor:
+    """±1, [...]: the orientation of `tangent_frame(x)` relative to a fixed
+    orientation of M (default: every frame positively oriented)."""
+    return tf.ones(tf.shape(x)[:-1], x.dtype)
+
   @abc.abstractmethod
   def embed(self, x: tf.Tensor) -> tf.Tensor:
     """Smooth features of x, [..., embed_dim], for networks (e.g. cos/sin)."""

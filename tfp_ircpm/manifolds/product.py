@@ -95,6 +95,11 @@ class Product(base.Manifold):
       col_start += m.dim
     return tf.concat(rows, axis=-2)
 
+  def frame_orientation(self, x):
+    # A block-diagonal frame is oriented by the product of its blocks'.
+    return tf.math.reduce_prod(tf.stack(self._map('frame_orientation', x), -1),
+                               axis=-1)
+
   def uniform(self, dtype=tf.float32):
     return tfd.Blockwise([m.uniform(dtype) for m in self._factors])
 

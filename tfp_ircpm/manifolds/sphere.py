@@ -124,6 +124,12 @@ class Sphere(base.Manifold):
     eye = tf.eye(n + 1, n, dtype=x.dtype)             # e_j, j < n, as columns
     return eye + u[..., :, tf.newaxis] * coef[..., tf.newaxis, :]
 
+  def frame_orientation(self, x):
+    """det[E_x, x] = det(H) · s = -s: +1 for x_n >= 0, -1 below the equator
+    (H, s as in `tangent_frame`; a Householder reflection has det -1)."""
+    return tf.where(x[..., self._dim] >= 0., tf.ones_like(x[..., 0]),
+                    -tf.ones_like(x[..., 0]))
+
   def embed(self, x):
     return x
 
