@@ -54,6 +54,11 @@ class MLP(tf.Module):
     activation: elementwise non-linearity; must be C² for log-det gradients.
     dtype: variable dtype (arithmetic follows the input's dtype).
     seed: integer seed for the initialisation.
+    certified: multiply ψ by `certified_scale()`, which enforces for every
+      value of the parameters the bounds on ‖grad ψ‖ and ‖Hess ψ‖ of
+      Lemmas 3-4, so the solve from y = x finds the unique minimiser and the
+      map stays a diffeomorphism.
+    certified_radius: λ of Lemma 3 for `certified_targets`.
   """
 
   def __init__(self,
@@ -63,9 +68,17 @@ class MLP(tf.Module):
                activation: Callable[[tf.Tensor], tf.Tensor] = softplus,
                dtype=tf.float32,
                seed: Optional[int] = None,
+               certified: bool = False,
+               certified_radius: Optional[float] = None,
                name: str = 'mlp_potential'):
     super().__init__(name=name)
     self.manifold = manifold
+    self.certified = bool(certified)
+    if self.certified:
+      self._targets = certified_targets(manifold, certified_radius)
+      if activation is not softplus:
+        raise ValueError('certified=True needs the softplus activation '
+                         "(its derivative bounds σ' <= 1, σ'' <= 1/4).")
     self.output_scale = float(output_scale)
     self.activation = activation
     self.hidden_units = tuple(int(h) for h in hidden_units)
@@ -85,6 +98,62 @@ class MLP(tf.Module):
 
   def _feature_dim(self) -> int:
     return self.manifold.embed_dim
+
+  def derivative_bounds(self):
+    """Upper bounds (G, H) on ‖grad ψ‖ and ‖Hess ψ‖ (Riemannian) over M.
+
+    For the network before the certification scale; see `certified_scale`.
+    """
+    d_emb, s_emb, curved = _embedding_constants(self.manifold)
+    hidden = self.weights[:-1]
+    norms = [tf.linalg.svd(w, compute_uv=False)[0] for w in hidden]
+    # sens[k] bounds |∂ψ/∂h_k| entrywise (h_0 the features): σ' ∈ (0, 1).
+    sens = [None] * (len(hidden) + 1)
+    sens[-1] = self.output_scale * tf.abs(self.weights[-1][:, 0])
+    for k in range(len(hidden), 0, -1):
+      sens[k - 1] = tf.linalg.matvec(tf.abs(hidden[k - 1]), sens[k])
+    # jac[k] bounds ‖D h_k‖ (spectral norms through the layers).
+    jac = [tf.constant(d_emb, self._dtype)]
+    for norm in norms:
+      jac.append(norm * jac[-1])
+    spectral_grad = (self.output_scale * tf.norm(self.weights[-1])
+                     * jac[-1])
+    grad_bound = tf.minimum(spectral_grad, tf.norm(sens[0]) * d_emb)
+    hess_bound = tf.norm(sens[0]) * s_emb
+    for k, norm in enumerate(norms, start=1):
+      hess_bound += 0.25 * tf.reduce_max(sens[k]) * tf.square(norm * jac[k - 1])
+    if curved:
+      hess_bound = hess_bound + grad_bound
+    return grad_bound, hess_bound
+
+  def certified_scale(self) -> tf.Tensor:
+    """c = min(1, G*/G, H*/H): multiplying ψ by c enforces the bounds.
+
+    Derivation. Write h₀ = φ(x) (the embedding), z_k = W_k h_{k-1} + b_k,
+    h_k = σ(z_k), ψ = s w_Lᵀ h_{L-1}; σ = softplus has 0 < σ' < 1 and
+    0 < σ'' <= 1/4. Backpropagation gives g_{k-1} = W_kᵀ(σ'(z_k) ⊙ g_k) for
+    g_k = ∂ψ/∂h_k, so entrywise |g_k| <= a_k with a_{L-1} = s|w_L| and
+    a_{k-1} = |W_k|ᵀ a_k. The Hessian of an MLP is a sum of one curvature
+    term per layer plus the embedding's:
+      ∇²ψ = Σ_k J_{k-1}ᵀ W_kᵀ diag(σ''(z_k) ⊙ g_k) W_k J_{k-1}
+            + Σ_i g_{0,i} ∇²φ_i,
+    with J_k = Dh_k, ‖J_k‖ <= j_k = ‖W_k‖ j_{k-1}, j_0 = ‖Dφ‖ = 1 (spectral
+    norms, exact by SVD). Hence
+      ‖∇²ψ‖ <= Σ_k ¼ max(a_k) ‖W_k‖² j_{k-1}² + ‖a_0‖ ‖D²φ‖,
+      ‖∇ψ‖  <= min(s ‖w_L‖ j_{L-1}, ‖a_0‖),
+    where ‖D²φ‖ = 1 for (cos θ, sin θ) on tori and 0 for the inclusion of
+    spheres. On spheres the Riemannian Hessian P∇²ΨP − (x·∇Ψ)P adds at most
+    the gradient bound. Using max(a_k) rather than ‖a_k‖ in the curvature
+    terms is what keeps the bound within a small factor of the truth.
+    The targets G*, H* come from `certified_targets` (Lemmas 3-4, Sec. 4.3).
+    c is a differentiable function of the parameters, so training sees it,
+    and the bounds hold for every value of the parameters.
+    """
+    grad_bound, hess_bound = self.derivative_bounds()
+    g_target, h_target = self._targets
+    one = tf.ones([], self._dtype)
+    return tf.minimum(one, tf.minimum(g_target / grad_bound,
+                                      h_target / hess_bound))
 
   def features(self, x: tf.Tensor) -> tf.Tensor:
     """The network's input features, [..., feature_dim]."""
@@ -108,7 +177,48 @@ class MLP(tf.Module):
       h = self.activation(tf.matmul(h, tf.cast(w, dtype)) + tf.cast(b, dtype))
     out = tf.matmul(h, tf.cast(self.weights[-1], dtype))[:, 0]
     out = out * tf.constant(self.output_scale, dtype)
+    if self.certified:
+      out = out * tf.cast(self.certified_scale(), dtype)
     return tf.reshape(out, batch_shape)
+
+
+def _embedding_constants(manifold: base.Manifold):
+  """(‖Dφ‖, ‖D²φ‖, curved) for the manifold's `embed` φ."""
+  from tfp_ircpm.manifolds import product as product_lib  # pylint: disable=g-import-not-at-top
+  from tfp_ircpm.manifolds import sphere as sphere_lib  # pylint: disable=g-import-not-at-top
+  from tfp_ircpm.manifolds import torus as torus_lib  # pylint: disable=g-import-not-at-top
+  if isinstance(manifold, torus_lib.Torus):
+    return 1., 1., False
+  if isinstance(manifold, sphere_lib.Sphere):
+    return 1., 0., True
+  if isinstance(manifold, product_lib.Product):
+    parts = [_embedding_constants(m) for m in manifold.factors]
+    return 1., max(p[1] for p in parts), any(p[2] for p in parts)
+  raise ValueError(f'No certified bounds for {manifold!r}.')
+
+
+def certified_targets(manifold: base.Manifold,
+                      radius: Optional[float] = None):
+  """(G*, H*): bounds on ‖grad ψ‖, ‖Hess ψ‖ under which descent from y = x
+  finds the unique minimiser of h(x, ·) (Lemmas 3-4).
+
+  With λ = `radius`: on spheres (and products with a sphere factor) G* =
+  0.98 λ/2 and H* = 0.98 λ cot λ (Sec. 4.3; λ < π/2, default 0.5, where the
+  paper's trained model sits); on tori G* = 0.98 λ/2 with λ < π (default
+  0.98π, the injectivity radius) and H* = 0.98 (H_c = I). The 2% margin keeps
+  the inequalities strict.
+  """
+  _, _, curved = _embedding_constants(manifold)
+  margin = 0.98
+  if curved:
+    lam = 0.5 if radius is None else float(radius)
+    if not 0. < lam < math.pi / 2:
+      raise ValueError('On spheres the certified radius must be in (0, π/2).')
+    return margin * lam / 2., margin * lam / math.tan(lam)
+  lam = margin * math.pi if radius is None else float(radius)
+  if not 0. < lam < math.pi:
+    raise ValueError('On tori the certified radius must be in (0, π).')
+  return margin * lam / 2., margin
 
 
 class InvariantMLP(MLP):
@@ -139,7 +249,7 @@ class InvariantMLP(MLP):
     self._features_fn = features
     self._feature_size = int(feature_dim)
     super().__init__(manifold, hidden_units, output_scale, activation, dtype,
-                     seed, name)
+                     seed, name=name)
 
   def _feature_dim(self) -> int:
     return self._feature_size
