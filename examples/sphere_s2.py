@@ -36,6 +36,8 @@ flags.DEFINE_integer('stack', 3, 'IRCPMs in the shared-parameter stack.')
 flags.DEFINE_integer('hidden', 128, 'Width of the two hidden layers.')
 flags.DEFINE_integer('eval_samples', 20000, 'Samples for ESS and KL.')
 flags.DEFINE_integer('bound_points', 10 ** 6, 'Points for the bound check.')
+flags.DEFINE_bool('certified', False, 'Use certified potentials '
+                  '(potentials.MLP(certified=True)).')
 flags.DEFINE_integer('seed', 0, 'Random seed.')
 flags.DEFINE_string('output_dir', 'results/sphere', 'Where to write results.')
 FLAGS = flags.FLAGS
@@ -81,7 +83,8 @@ def main(_):
   target = targets_lib.sphere_four_modes()
   sphere = target.manifold
   psi = ircpm.potentials.MLP(sphere, (FLAGS.hidden, FLAGS.hidden),
-                             output_scale=1 / 20, seed=FLAGS.seed)
+                             output_scale=1 / 20, seed=FLAGS.seed,
+                             certified=FLAGS.certified)
   bij = ircpm.IRCPM(sphere, psi)
   q = tfd.TransformedDistribution(sphere.uniform(),
                                   tfb.Chain([bij] * FLAGS.stack))
@@ -94,7 +97,9 @@ def main(_):
   metrics = training.evaluate(q, target, FLAGS.eval_samples,
                               seed=(FLAGS.seed, 99))
   report = bounds.check_bounds(sphere, psi, num_points=FLAGS.bound_points)
-  result = dict(target='S² four modes', psi='MLP [128, 128] / 20',
+  name = 'certified MLP' if FLAGS.certified else 'MLP'
+  result = dict(target='S² four modes',
+                psi=f'{name} [{FLAGS.hidden}, {FLAGS.hidden}] / 20',
                 stack=FLAGS.stack, parameters=psi.num_parameters,
                 paper_ess=99.5, paper_kl=0.003, ess=100 * metrics['ess'],
                 kl=metrics['kl'], train_seconds=wall, steps=FLAGS.steps,
