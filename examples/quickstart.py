@@ -21,9 +21,10 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
-import tf_keras
 
 import tfp_ircpm as ircpm
+from tfp_ircpm import targets
+from tfp_ircpm import training
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
@@ -45,15 +46,6 @@ def vmf_mixture() -> tfd.Distribution:
                          tf.constant([6.0, 8.0, 5.0])))
 
 
-def metrics(q: tfd.Distribution, target: tfd.Distribution, n: int, seed):
-  y, log_q = q.experimental_sample_and_log_prob(n, seed=seed)
-  log_w = tf.cast(target.log_prob(y), tf.float64) - tf.cast(log_q, tf.float64)
-  w = tf.exp(log_w - tf.reduce_max(log_w))
-  ess = tf.reduce_sum(w) ** 2 / tf.reduce_sum(w * w) / n
-  kl = -tf.reduce_mean(log_w)
-  return float(ess), float(kl)
-
-
 def main(_):
   tf.random.set_seed(FLAGS.seed)
   sphere = ircpm.manifolds.Sphere(2)
@@ -61,31 +53,27 @@ def main(_):
                              output_scale=1 / 20, seed=FLAGS.seed)
   bij = ircpm.IRCPM(sphere, psi)
   q = tfd.TransformedDistribution(sphere.uniform(), tfb.Chain([bij, bij, bij]))
-  target = vmf_mixture()
-  optimizer = tf_keras.optimizers.Adam(FLAGS.learning_rate)
+  mixture = vmf_mixture()
+  # As a Target (energy -log p), so training.evaluate can use it; its
+  # quadrature log-normaliser is ~0 since the mixture is normalised.
+  target = targets.Target(
+      sphere,
+      lambda x: -tf.cast(mixture.log_prob(tf.cast(x, tf.float32)), x.dtype),
+      targets.sphere_grid, 'vmf_mixture')
 
-  @tf.function
-  def train_step(seed):
-    with tf.GradientTape() as tape:
-      y, log_q = q.experimental_sample_and_log_prob(FLAGS.batch_size,
-                                                    seed=seed)
-      loss = tf.reduce_mean(log_q - target.log_prob(y))   # KL(q‖p)
-    grads = tape.gradient(loss, q.trainable_variables)
-    optimizer.apply_gradients(zip(grads, q.trainable_variables))
-    return loss
-
-  ess0, kl0 = metrics(q, target, FLAGS.eval_samples, seed=(FLAGS.seed, 1))
-  print(f'before training: ESS = {100 * ess0:.1f}%  KL = {kl0:.4f} nats')
+  before = training.evaluate(q, target, FLAGS.eval_samples,
+                             seed=(FLAGS.seed, 1))
+  print(f"before training: ESS = {100 * before['ess']:.1f}%  "
+        f"KL = {before['kl']:.4f} nats")
   start = time.time()
-  seeds = tfp.random.split_seed(FLAGS.seed, n=FLAGS.steps)
-  for step in range(FLAGS.steps):
-    loss = train_step(seeds[step])
-    if step % 50 == 0 or step == FLAGS.steps - 1:
-      print(f'step {step:4d}  loss (KL) {float(loss):.4f}  '
-            f'{time.time() - start:.1f}s', flush=True)
-  ess, kl = metrics(q, target, FLAGS.eval_samples, seed=(FLAGS.seed, 2))
-  print(f'after {FLAGS.steps} steps ({time.time() - start:.1f}s): '
-        f'ESS = {100 * ess:.1f}%  KL = {kl:.4f} nats '
+  training.train(
+      lambda s: training.reverse_kl_loss(q, target, FLAGS.batch_size, seed=s),
+      q.trainable_variables, FLAGS.steps, learning_rate=FLAGS.learning_rate,
+      seed=FLAGS.seed, log_every=50)
+  after = training.evaluate(q, target, FLAGS.eval_samples,
+                            seed=(FLAGS.seed, 2))
+  print(f"after {FLAGS.steps} steps ({time.time() - start:.1f}s): "
+        f"ESS = {100 * after['ess']:.1f}%  KL = {after['kl']:.4f} nats "
         f'(N = {FLAGS.eval_samples})')
 
 
