@@ -15,7 +15,6 @@ u₁ and u₃ used.
 
 import json
 import os
-import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -104,23 +103,20 @@ def run_row(row: str):
   q = tfd.TransformedDistribution(target.manifold.uniform(),
                                   tfb.Chain([bij] * FLAGS.stack))
   print(f'== {row}: {NAMES[kind]}, {psi.num_parameters} parameters', flush=True)
-  start = time.time()
-  losses = training.fit_reverse_kl(
+  fit = training.fit_and_evaluate(
       q, target, FLAGS.steps, batch_size=FLAGS.batch_size,
-      learning_rate=FLAGS.learning_rate, seed=FLAGS.seed, log_every=250)
-  wall = time.time() - start
-  metrics = training.evaluate(q, target, FLAGS.eval_samples,
-                              seed=(FLAGS.seed, 99))
+      learning_rate=FLAGS.learning_rate, seed=FLAGS.seed,
+      eval_samples=FLAGS.eval_samples)
   result = dict(row=row, target=target_name, psi=NAMES[kind],
                 parameters=psi.num_parameters,
-                paper_ess=PAPER_ESS.get(row), ess=100 * metrics['ess'],
-                kl=metrics['kl'], train_seconds=wall, steps=FLAGS.steps,
-                stack=FLAGS.stack, final_loss=losses[-1])
+                paper_ess=PAPER_ESS.get(row), ess=100 * fit['ess'],
+                kl=fit['kl'], train_seconds=fit['seconds'], steps=FLAGS.steps,
+                stack=FLAGS.stack, final_loss=fit['losses'][-1])
   fig_path = os.path.join(FLAGS.output_dir, f'{row.replace(":", "_")}.png')
   if save_figure(fig_path, target, q, psi, bij):
     result['figure'] = fig_path
   print(f'   ESS {result["ess"]:.1f}% (paper {result["paper_ess"]}%)  '
-        f'KL {result["kl"]:.4f}  {wall:.0f}s', flush=True)
+        f'KL {result["kl"]:.4f}  {fit["seconds"]:.0f}s', flush=True)
   return result
 
 

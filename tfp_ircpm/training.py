@@ -132,6 +132,25 @@ def fit_reverse_kl(q: tfd.Distribution, target, steps: int,
                log_every=log_every, jit_compile=jit_compile)
 
 
+def fit_and_evaluate(q: tfd.Distribution, target, steps: int,
+                     batch_size: int = 256, learning_rate: float = 1e-3,
+                     seed: int = 0, eval_samples: int = 20000,
+                     log_every: int = 250) -> Dict:
+  """`fit_reverse_kl`, timed, then `evaluate` on `eval_samples` samples.
+
+  Returns a dict with the losses, the training wall time in seconds, and
+  ESS (fraction) and KL (nats).
+  """
+  start = time.time()
+  losses = fit_reverse_kl(q, target, steps, batch_size=batch_size,
+                          learning_rate=learning_rate, seed=seed,
+                          log_every=log_every)
+  seconds = time.time() - start
+  metrics = evaluate(q, target, eval_samples, seed=(seed, 99))
+  return dict(losses=losses, seconds=seconds, ess=metrics['ess'],
+              kl=metrics['kl'])
+
+
 def markdown_table(rows: List[Dict], columns: List[str]) -> str:
   """A markdown table of dict rows over the given columns."""
   def fmt(v):
