@@ -103,3 +103,23 @@ def test_maximum_likelihood_never_solves(monkeypatch):
 def test_markdown_table():
   table = training.markdown_table([dict(a=1, b=0.123456)], ['a', 'b'])
   assert table.splitlines() == ['| a | b |', '|---|---|', '| 1 | 0.1235 |']
+
+
+def test_diffeomorphism_monitor_stops_training_on_a_folded_map():
+  torus = M.Torus(1)
+  amplitude = tf.Variable(0.2, dtype=tf.float64)
+  bij = ircpm.IRCPM(torus, lambda y: amplitude * tf.cos(y[..., 0]),
+                    nonconvergence='ignore')
+  monitor = training.DiffeomorphismMonitor(bij, every=2, num_points=500,
+                                           dtype=tf.float64)
+
+  def loss_fn(seed):   # pushes the amplitude up until 1 - a cos y < 0
+    del seed
+    return -amplitude
+
+  losses = training.train(loss_fn, [amplitude], 200, learning_rate=0.1,
+                          log_every=0, callback=monitor)
+  assert len(losses) < 200                  # stopped early
+  steps_ok = [s for s, r in monitor.reports if r.passed]
+  assert steps_ok and monitor.reports[-1][1].passed is False
+  assert float(amplitude) > 1.              # where f⁻¹ = y - a sin y folds

@@ -74,7 +74,7 @@ def train(loss_fn: Callable[[tf.Tensor], tf.Tensor],
           seed: int = 0,
           log_every: int = 100,
           jit_compile: bool = False,
-          callback: Optional[Callable[[int, float], None]] = None,
+          callback: Optional[Callable[[int, float], Optional[bool]]] = None,
           ) -> List[float]:
   """Minimises loss_fn(seed) over `variables` with Adam; returns the losses.
 
@@ -87,7 +87,8 @@ def train(loss_fn: Callable[[tf.Tensor], tf.Tensor],
     seed: integer seed; step i uses the i-th split of it.
     log_every: print a progress line every this many steps (0: never).
     jit_compile: compile the step with XLA.
-    callback: called as callback(step, loss) after each step.
+    callback: called as callback(step, loss) after each step; training
+      stops early when it returns True (e.g. a `DiffeomorphismMonitor`).
   """
   optimizer = optimizer or tf_keras.optimizers.Adam(learning_rate)
 
@@ -106,12 +107,48 @@ def train(loss_fn: Callable[[tf.Tensor], tf.Tensor],
   for i in range(steps):
     loss = float(step(seeds[i]))
     losses.append(loss)
-    if callback is not None:
-      callback(i, loss)
+    stop = callback is not None and callback(i, loss)
     if log_every and (i % log_every == 0 or i == steps - 1):
       print(f'step {i:5d}  loss {loss:.5f}  {time.time() - start:7.1f}s',
             flush=True)
+    if stop:
+      print(f'stopped at step {i} by the callback', flush=True)
+      break
   return losses
+
+
+class DiffeomorphismMonitor:
+  """A `train` callback that runs `diagnostics.check_diffeomorphism` every
+  `every` steps and warns or stops when the model stops being a bijection.
+
+  Attributes:
+    reports: (step, DiffeomorphismReport) for every check run.
+  """
+
+  def __init__(self, bijector, every: int = 100, num_points: int = 20000,
+               on_failure: str = 'stop', dtype=tf.float32):
+    if on_failure not in ('stop', 'warn'):
+      raise ValueError("on_failure must be 'stop' or 'warn'.")
+    self.bijector = bijector
+    self.every = int(every)
+    self.num_points = int(num_points)
+    self.on_failure = on_failure
+    self.dtype = dtype
+    self.reports = []
+
+  def __call__(self, step: int, loss: float) -> bool:
+    del loss
+    if step % self.every:
+      return False
+    from tfp_ircpm import diagnostics  # pylint: disable=g-import-not-at-top
+    report = diagnostics.check_diffeomorphism(
+        self.bijector, num_points=self.num_points, dtype=self.dtype,
+        seed=step)
+    self.reports.append((step, report))
+    if report.passed:
+      return False
+    print(f'WARNING: step {step}: {report.summary()}', flush=True)
+    return self.on_failure == 'stop'
 
 
 def fit_reverse_kl(q: tfd.Distribution, target, steps: int,
