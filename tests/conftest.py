@@ -37,10 +37,6 @@ def make_bijector(manifold, dtype=tf.float64, scale=0.1, hidden=(16, 16),
   return ircpm.IRCPM(manifold, psi, **kwargs)
 
 
-def tangent_basis(manifold, x):
-  return manifold.tangent_frame(x)
-
-
 def fd_intrinsic_jacobian(manifold, fn, x, eps):
   """Central finite differences of fn in orthonormal frames: E_{fn(x)}ᵀ J E_x.
 

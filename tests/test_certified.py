@@ -1,6 +1,5 @@
 """Certified potentials: the derivative bounds are valid upper bounds."""
 
-import numpy as np
 import pytest
 import tensorflow as tf
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tfp_ircpm as ircpm
 from tfp_ircpm import targets
 
 I0_1 = 1.2660658777520082      # modified Bessel I₀(1)
