@@ -1,5 +1,7 @@
 """Certified potentials: the derivative bounds are valid upper bounds."""
 
+import math
+
 import pytest
 import tensorflow as tf
 
@@ -26,17 +28,21 @@ def test_bounds_dominate_measured_derivatives(manifold, scale):
     assert float(h_bound) < 500 * float(tf.reduce_max(h))
 
 
-@pytest.mark.parametrize('manifold', [M.Sphere(2), M.Torus(2)], ids=repr)
-def test_certified_potential_meets_lemma4_for_any_weights(manifold):
+@pytest.mark.parametrize('manifold,radius', [
+    (M.Sphere(2), None), (M.Sphere(2), 0.5), (M.Torus(2), None),
+    (M.Product([M.Torus(1), M.Sphere(2)]), None)], ids=repr)
+def test_certified_potential_meets_lemma4_for_any_weights(manifold, radius):
   psi = ircpm.potentials.MLP(manifold, (32, 32), output_scale=1.,
-                             certified=True, seed=0, dtype=tf.float64)
+                             certified=True, certified_radius=radius, seed=0,
+                             dtype=tf.float64)
+  targets = ircpm.potentials.certified_targets(manifold, radius)
   for factor in [1., 10., 100.]:        # blow the weights up
     for w in psi.weights:
       w.assign(w * factor)
     r = bounds.check_bounds(manifold, psi, num_points=20000)
-    g_target, h_target = ircpm.potentials.certified_targets(manifold)
-    assert r.max_grad <= g_target and r.max_hess <= h_target
-    assert r.guaranteed
+    if targets is not None:
+      assert r.max_grad <= targets[0] and r.max_hess <= targets[1]
+    assert r.guaranteed, r.verdict()
   # Uncertified, the same weights break the bounds.
   raw = ircpm.potentials.MLP(manifold, (32, 32), output_scale=1., seed=0,
                              dtype=tf.float64)
@@ -52,3 +58,22 @@ def test_certified_needs_softplus_and_a_valid_radius():
     ircpm.potentials.MLP(M.Sphere(2), certified=True, activation=tf.tanh)
   with pytest.raises(ValueError, match='radius'):
     ircpm.potentials.MLP(M.Sphere(2), certified=True, certified_radius=2.)
+
+
+def test_adaptive_radius_is_the_largest_admissible_scale():
+  """On spheres c = 0.98 atan(2G/H)/(2G): cG = 0.98 λ/2, cH = 0.98 λ cot λ
+  for λ = atan(2G/H), so both bounds of Sec. 4.3 bind at once."""
+  psi = ircpm.potentials.MLP(M.Sphere(2), (16, 16), output_scale=5.,
+                             certified=True, seed=1, dtype=tf.float64)
+  g, h = [float(v) for v in psi.derivative_bounds()]
+  c = float(psi.certified_scale())
+  lam = math.atan(2. * g / h)
+  assert c < 1.
+  assert c * g == pytest.approx(0.98 * lam / 2., rel=1e-12)
+  assert c * h == pytest.approx(0.98 * lam / math.tan(lam), rel=1e-12)
+  # c / 0.98 is the supremum of admissible scales: 1% above it, no λ in
+  # (0, π/2) satisfies both bounds; 1% below it, λ = atan(2G/H) does.
+  lams = [k * (math.pi / 2) / 2000 for k in range(1, 2000)]
+  ok = lambda s: any(s * g < l / 2. and s * h < l / math.tan(l) for l in lams)
+  assert not ok(1.01 * c / 0.98)
+  assert ok(0.99 * c / 0.98)

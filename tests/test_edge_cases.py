@@ -144,3 +144,28 @@ def test_nonconvergence_error_names_count_and_residual():
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match=r'(?s)tolerance at.*7.*points.*Worst residual'):
     bij.forward(x)
+
+
+def test_point_dtypes_are_checked():
+  """Only float32/float64 points; validate_args=True also refuses points of
+  another precision than ψ's variables (otherwise they are cast)."""
+  psi = ircpm.potentials.MLP(SPHERE, (8,), seed=0, dtype=tf.float32)
+  strict = ircpm.IRCPM(SPHERE, psi, validate_args=True)
+  loose = ircpm.IRCPM(SPHERE, psi)
+  for bad in [tf.constant([[0, 0, 1]]), np.array([[0., 0., 1.]], np.float16)]:
+    for bij in [strict, loose]:
+      for call in [bij.forward, bij.inverse,
+                   lambda y, b=bij: b.inverse_log_det_jacobian(y, 1)]:
+        with pytest.raises(TypeError, match='float32 or float64, got'):
+          call(bad)
+  x64 = tf.constant([[0.6, 0., 0.8]], tf.float64)
+  for call in [strict.forward, strict.inverse,
+               lambda y: strict.inverse_log_det_jacobian(y, 1)]:
+    with pytest.raises(TypeError, match='float64 but the potential.*float32'):
+      call(x64)
+  # Mixed precision without validate_args: a float64 computation that
+  # agrees with the float32 one to float32 accuracy.
+  y64 = loose.inverse(x64)
+  assert y64.dtype == tf.float64
+  np.testing.assert_allclose(y64.numpy(), strict.inverse(
+      tf.cast(x64, tf.float32)).numpy(), atol=1e-6)

@@ -58,7 +58,8 @@ class MLP(tf.Module):
       value of the parameters the bounds on ‖grad ψ‖ and ‖Hess ψ‖ of
       Lemmas 3-4, so the solve from y = x finds the unique minimiser and the
       map stays a diffeomorphism.
-    certified_radius: λ of Lemma 3 for `certified_targets`.
+    certified_radius: λ of Lemma 3 for `certified_targets`; on spheres the
+      default (None) chooses λ per parameter value (see `certified_scale`).
   """
 
   def __init__(self,
@@ -120,38 +121,59 @@ class MLP(tf.Module):
                      * jac[-1])
     grad_bound = tf.minimum(spectral_grad, tf.norm(sens[0]) * d_emb)
     hess_bound = tf.norm(sens[0]) * s_emb
-    for k, norm in enumerate(norms, start=1):
-      hess_bound += 0.25 * tf.reduce_max(sens[k]) * tf.square(norm * jac[k - 1])
+    for k, w in enumerate(hidden, start=1):
+      # W diag(c) Wᵀ is positive semi-definite for c = ¼ a_k >= 0, so its
+      # norm is its top eigenvalue (no square root: smooth at c = 0).
+      curvature = tf.matmul(w * (0.25 * sens[k])[tf.newaxis, :], w,
+                            transpose_b=True)
+      hess_bound += (tf.linalg.eigvalsh(curvature)[-1]
+                     * tf.square(jac[k - 1]))
     if curved:
       hess_bound = hess_bound + grad_bound
     return grad_bound, hess_bound
 
   def certified_scale(self) -> tf.Tensor:
-    """c = min(1, G*/G, H*/H): multiplying ψ by c enforces the bounds.
+    """c in (0, 1]: multiplying ψ by c enforces the bounds of Lemmas 3-4.
 
-    Derivation. Write h₀ = φ(x) (the embedding), z_k = W_k h_{k-1} + b_k,
-    h_k = σ(z_k), ψ = s w_Lᵀ h_{L-1}; σ = softplus has 0 < σ' < 1 and
-    0 < σ'' <= 1/4. Backpropagation gives g_{k-1} = W_kᵀ(σ'(z_k) ⊙ g_k) for
+    Derivation. Write h₀ = φ(x) (the embedding), z_k = h_{k-1} W_k + b_k,
+    h_k = σ(z_k), ψ = s h_{L-1} w_L; σ = softplus has 0 < σ' < 1 and
+    0 < σ'' <= 1/4. Backpropagation gives g_{k-1} = W_k (σ'(z_k) ⊙ g_k) for
     g_k = ∂ψ/∂h_k, so entrywise |g_k| <= a_k with a_{L-1} = s|w_L| and
-    a_{k-1} = |W_k|ᵀ a_k. The Hessian of an MLP is a sum of one curvature
+    a_{k-1} = |W_k| a_k. The Hessian of an MLP is a sum of one curvature
     term per layer plus the embedding's:
-      ∇²ψ = Σ_k J_{k-1}ᵀ W_kᵀ diag(σ''(z_k) ⊙ g_k) W_k J_{k-1}
+      ∇²ψ = Σ_k J_{k-1}ᵀ W_k diag(σ''(z_k) ⊙ g_k) W_kᵀ J_{k-1}
             + Σ_i g_{0,i} ∇²φ_i,
     with J_k = Dh_k, ‖J_k‖ <= j_k = ‖W_k‖ j_{k-1}, j_0 = ‖Dφ‖ = 1 (spectral
-    norms, exact by SVD). Hence
-      ‖∇²ψ‖ <= Σ_k ¼ max(a_k) ‖W_k‖² j_{k-1}² + ‖a_0‖ ‖D²φ‖,
-      ‖∇ψ‖  <= min(s ‖w_L‖ j_{L-1}, ‖a_0‖),
+    norms, exact). Since −W diag(c) Wᵀ ⪯ W diag(σ''⊙g) Wᵀ ⪯ W diag(c) Wᵀ
+    for c = ¼ a_k,
+      ‖∇²ψ‖ <= H = Σ_k ‖W_k diag(¼ a_k) W_kᵀ‖ j_{k-1}² + ‖a_0‖ ‖D²φ‖,
+      ‖∇ψ‖  <= G = min(s ‖w_L‖ j_{L-1}, ‖a_0‖),
     where ‖D²φ‖ = 1 for (cos θ, sin θ) on tori and 0 for the inclusion of
     spheres. On spheres the Riemannian Hessian P∇²ΨP − (x·∇Ψ)P adds at most
-    the gradient bound. Using max(a_k) rather than ‖a_k‖ in the curvature
-    terms is what keeps the bound within a small factor of the truth.
-    The targets G*, H* come from `certified_targets` (Lemmas 3-4, Sec. 4.3).
+    G to H. Weighting each unit by its own a_k, rather than ‖W_k‖² max a_k,
+    keeps H within a small factor of the truth.
+
+    The scale. On tori (Lemma 4 with H_c = I), c = min(1, G*/G, H*/H) with
+    (G*, H*) from `certified_targets`. On spheres the bounds are
+    ‖∇ψ‖ < λ/2 and ‖Hess ψ‖ < λ cot λ for some λ < π/2 (Sec. 4.3). With a
+    fixed `certified_radius` λ that is again c = min(1, G*/G, H*/H). By
+    default λ is not fixed but chosen per parameter value: the smallest
+    admissible λ for cψ is 2cG, and cH < 2cG cot(2cG) holds exactly when
+    tan(2cG) < 2G/H, so
+      c = min(1, 0.98 · atan(2G/H) / (2G)),
+    with λ = 2cG/0.98 <= atan(2) < π/2. A network whose gradient bound is
+    small relative to its Hessian bound then gets a larger λ, and the other
+    way round, instead of a single compromise fixed in advance.
+
     c is a differentiable function of the parameters, so training sees it,
     and the bounds hold for every value of the parameters.
     """
     grad_bound, hess_bound = self.derivative_bounds()
-    g_target, h_target = self._targets
     one = tf.ones([], self._dtype)
+    if self._targets is None:                       # adaptive λ (spheres)
+      return tf.minimum(one, _MARGIN * tf.atan(2. * grad_bound / hess_bound)
+                        / (2. * grad_bound))
+    g_target, h_target = self._targets
     return tf.minimum(one, tf.minimum(g_target / grad_bound,
                                       h_target / hess_bound))
 
@@ -197,28 +219,33 @@ def _embedding_constants(manifold: base.Manifold):
   raise ValueError(f'No certified bounds for {manifold!r}.')
 
 
+_MARGIN = 0.98  # keeps the strict inequalities of Lemmas 3-4 strict.
+
+
 def certified_targets(manifold: base.Manifold,
                       radius: Optional[float] = None):
   """(G*, H*): bounds on ‖grad ψ‖, ‖Hess ψ‖ under which descent from y = x
-  finds the unique minimiser of h(x, ·) (Lemmas 3-4).
+  finds the unique minimiser of h(x, ·) (Lemmas 3-4), or None.
 
   With λ = `radius`: on spheres (and products with a sphere factor) G* =
-  0.98 λ/2 and H* = 0.98 λ cot λ (Sec. 4.3; λ < π/2, default 0.5, where the
-  paper's trained model sits); on tori G* = 0.98 λ/2 with λ < π (default
-  0.98π, the injectivity radius) and H* = 0.98 (H_c = I). The 2% margin keeps
-  the inequalities strict.
+  0.98 λ/2 and H* = 0.98 λ cot λ (Sec. 4.3; λ < π/2); radius=None there
+  returns None, which tells `MLP.certified_scale` to choose λ per parameter
+  value. On tori G* = 0.98 λ/2 with λ < π (default 0.98π, the injectivity
+  radius) and H* = 0.98 (H_c = I). The 2% margin keeps the inequalities
+  strict.
   """
   _, _, curved = _embedding_constants(manifold)
-  margin = 0.98
   if curved:
-    lam = 0.5 if radius is None else float(radius)
+    if radius is None:
+      return None
+    lam = float(radius)
     if not 0. < lam < math.pi / 2:
       raise ValueError('On spheres the certified radius must be in (0, π/2).')
-    return margin * lam / 2., margin * lam / math.tan(lam)
-  lam = margin * math.pi if radius is None else float(radius)
+    return _MARGIN * lam / 2., _MARGIN * lam / math.tan(lam)
+  lam = _MARGIN * math.pi if radius is None else float(radius)
   if not 0. < lam < math.pi:
     raise ValueError('On tori the certified radius must be in (0, π).')
-  return margin * lam / 2., margin
+  return _MARGIN * lam / 2., _MARGIN
 
 
 class InvariantMLP(MLP):

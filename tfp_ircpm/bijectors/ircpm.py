@@ -118,9 +118,29 @@ class IRCPM(tfb.Bijector):
 
   # -- helpers ---------------------------------------------------------------
 
+  def _potential_dtype(self) -> Optional[tf.DType]:
+    """The one floating dtype of ψ's variables, or None (none, or mixed)."""
+    variables = getattr(self._potential, 'variables', None) or ()
+    dtypes = {v.dtype.base_dtype for v in variables if v.dtype.is_floating}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
   def _flatten_points(self, x):
-    x = tf.convert_to_tensor(x)
+    x = tf.convert_to_tensor(x, dtype_hint=self._potential_dtype())
+    # The solve needs a Cholesky factorisation and the log-det a QR, which
+    # TF has for float32 and float64 only; integers would also truncate.
+    if x.dtype not in (tf.float32, tf.float64):
+      raise TypeError(f'{self.name}: points must be float32 or float64, got '
+                      f'{x.dtype.name}.')
     if self.validate_args:
+      expected = self._potential_dtype()
+      # Without validate_args a float32 ψ evaluated on float64 points is a
+      # float64 computation (variables are cast); strict mode refuses the
+      # silent precision change.
+      if expected is not None and x.dtype != expected:
+        raise TypeError(
+            f'{self.name}: points have dtype {x.dtype.name} but the '
+            f'potential\'s variables are {expected.name} (validate_args=True '
+            'forbids mixing them; cast the points or build ψ in that dtype).')
       with tf.control_dependencies(self._manifold.membership_assertions(x)):
         x = tf.identity(x)
     else:
