@@ -17,6 +17,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
+from absl import logging
 import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
@@ -64,6 +65,7 @@ def reloaded_metrics(path: str, target, num_samples: int, seed, batch=5000):
 
 
 def main(_):
+  logging.set_verbosity(logging.WARNING)  # no INFO line per checkpoint
   tf.random.set_seed(FLAGS.seed)
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   target = targets_lib.sphere_four_modes()

@@ -18,6 +18,7 @@ from typing import Tuple
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+tfb = tfp.bijectors
 tfd = tfp.distributions
 
 
@@ -66,7 +67,7 @@ def sample_and_log_prob(distribution: tfd.Distribution,
   """
   n = local_batch_size(global_batch_size)
   replica_id, replicas = replica_info()
-  if not isinstance(distribution, tfd.TransformedDistribution):
+  if not _is_transformed(distribution):
     if replicas > 1:
       seed = tf.random.experimental.stateless_fold_in(seed, replica_id)
     return distribution.experimental_sample_and_log_prob(n, seed=seed)
@@ -76,6 +77,15 @@ def sample_and_log_prob(distribution: tfd.Distribution,
   y = distribution.bijector.forward(x)
   # The bijector cache maps y back to x, so this runs no extra inverse.
   return y, distribution.log_prob(y)
+
+
+def _is_transformed(distribution) -> bool:
+  # tfd.TransformedDistribution(...) returns instances of a private base
+  # class (`_TransformedDistribution`) when the bijector is not a
+  # CompositeTensor, so isinstance(tfd.TransformedDistribution) is False.
+  return (isinstance(getattr(distribution, 'bijector', None), tfb.Bijector)
+          and isinstance(getattr(distribution, 'distribution', None),
+                         tfd.Distribution))
 
 
 def reverse_kl_loss(distribution: tfd.Distribution, target,
