@@ -96,6 +96,10 @@ def _main(out_path):
     json.dump(result, f)
 
 
+# Four trainings in a second TF process: ~85 s of CPU.
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   out = tmp_path_factory.mktemp('distributed') / 'runs.json'

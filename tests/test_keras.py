@@ -169,6 +169,7 @@ def test_tensorboard_callback_writes_the_metrics(trained):
   assert {'epoch_loss', 'epoch_kl', 'epoch_ess'} <= tags
 
 
+@pytest.mark.slow  # a second TF process: ~30 s of CPU
 def test_checkpoint_restores_bitwise_in_a_new_process(trained, tmp_path):
   model = trained['model']
   points = fixed_points()
@@ -233,6 +234,7 @@ def test_checkpoint_holds_every_psi_variable(tmp_path):
   assert len(names) == len(model.trainable_variables) == 5
 
 
+@pytest.mark.slow  # another flow to trace: ~20 s of CPU
 def test_keras_potential_trains_by_maximum_likelihood():
   """ψ a tf_keras Sequential; data-driven fit on an array of points."""
   sphere = ircpm.manifolds.Sphere(2)
