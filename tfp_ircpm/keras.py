@@ -24,7 +24,7 @@ optimizer inside `strategy.scope()`; `tfp_ircpm.distribute` makes every
 replica compute its slice of the single-device global batch.
 """
 
-from typing import Dict, Optional
+from typing import Dict
 
 import tensorflow as tf
 import tensorflow_probability as tfp
