@@ -17,6 +17,9 @@ setuptools.setup(
         'tensorflow==2.21.0',
         'tensorflow-probability==0.25.0',
         'tf-keras==2.21.0',
+        # TF 2.21 no longer pulls it in; the Keras TensorBoard callback
+        # (tfp_ircpm.keras) needs it for tf.summary.
+        'tensorboard==2.21.0',
         'numpy>=1.26,<3',
         'absl-py>=2.1',
         'pytest>=8',

@@ -5,7 +5,10 @@ Rezende & Racanière (2021), arXiv 2110.01288.
 
 from tfp_ircpm import bijectors
 from tfp_ircpm import bounds
+from tfp_ircpm import distribute
 from tfp_ircpm import distributions
+from tfp_ircpm import export
+from tfp_ircpm import keras
 from tfp_ircpm import manifolds
 from tfp_ircpm import potentials
 from tfp_ircpm import solvers
@@ -15,5 +18,6 @@ from tfp_ircpm.bijectors import IRCPM
 
 __version__ = '0.1.0'
 
-__all__ = ['IRCPM', 'bijectors', 'bounds', 'distributions', 'manifolds',
-           'potentials', 'solvers', 'targets', 'training']
+__all__ = ['IRCPM', 'bijectors', 'bounds', 'distribute', 'distributions',
+           'export', 'keras', 'manifolds', 'potentials', 'solvers', 'targets',
+           'training']

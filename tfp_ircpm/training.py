@@ -75,6 +75,7 @@ def train(loss_fn: Callable[[tf.Tensor], tf.Tensor],
           log_every: int = 100,
           jit_compile: bool = False,
           callback: Optional[Callable[[int, float], Optional[bool]]] = None,
+          strategy: Optional[tf.distribute.Strategy] = None,
           ) -> List[float]:
   """Minimises loss_fn(seed) over `variables` with Adam; returns the losses.
 
@@ -89,17 +90,33 @@ def train(loss_fn: Callable[[tf.Tensor], tf.Tensor],
     jit_compile: compile the step with XLA.
     callback: called as callback(step, loss) after each step; training
       stops early when it returns True (e.g. a `DiffeomorphismMonitor`).
+    strategy: a `tf.distribute.Strategy` whose scope created the variables
+      (and the optimizer, if given). Each step then runs `loss_fn` on every
+      replica, which must return that replica's share of the loss (see
+      `tfp_ircpm.distribute.reverse_kl_loss`); the optimizer sums the
+      gradients over replicas and the reported loss is the sum of shares.
   """
-  optimizer = optimizer or tf_keras.optimizers.Adam(learning_rate)
+  if strategy is not None and jit_compile:
+    raise ValueError('jit_compile is not supported with a strategy here: '
+                     'compile the replica step instead.')
+  if optimizer is None:
+    with (strategy or tf.distribute.get_strategy()).scope():
+      optimizer = tf_keras.optimizers.Adam(learning_rate)
 
-  @tf.function(jit_compile=jit_compile)
-  def step(s):
+  def replica_step(s):
     with tf.GradientTape() as tape:
       loss = loss_fn(s)
     grads = tape.gradient(loss, variables)
     optimizer.apply_gradients(
         [(g, v) for g, v in zip(grads, variables) if g is not None])
     return loss
+
+  @tf.function(jit_compile=jit_compile)
+  def step(s):
+    if strategy is None:
+      return replica_step(s)
+    return strategy.reduce(tf.distribute.ReduceOp.SUM,
+                           strategy.run(replica_step, args=(s,)), axis=None)
 
   seeds = tfp.random.split_seed(seed, n=steps)
   losses = []

@@ -1,11 +1,14 @@
-"""A `tfb.Chain` whose density correction composes its parts' corrections."""
+"""A TFP Chain whose density correction composes its parts' corrections."""
 
-import tensorflow_probability as tfp
-
-tfb = tfp.bijectors
+from tensorflow_probability.python.bijectors import chain as tfp_chain
 
 
-class Chain(tfb.Chain):
+# The base is TFP's non-CompositeTensor chain (what `tfb.Chain(...)` itself
+# returns when a link, like IRCPM, is not a CompositeTensor). Subclassing
+# `tfb.Chain` would make this class a CompositeTensor whatever its links, and
+# `TransformedDistribution.trainable_variables`, which flattens composites
+# through their type specs, would then find none of ψ's variables.
+class Chain(tfp_chain._Chain):  # pylint: disable=protected-access
   """`tfb.Chain` that lets each bijector correct the density itself.
 
   TFP's Chain inherits the generic density correction, which over spherical

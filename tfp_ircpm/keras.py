@@ -1,0 +1,181 @@
+"""`FlowModel`: a `tf_keras.Model` that trains a flow with `compile`/`fit`.
+
+Two objectives, chosen by the data handed to `fit`:
+
+* reverse KL to a target energy (Eq. 9), with no data: `fit(epochs=...,
+  steps_per_epoch=...)` draws `batch_size` samples from the flow at every
+  step from a stateless seed derived from (seed, optimizer step), so runs
+  are reproducible and resume after a checkpoint restore. Logs `loss`
+  (mean(log q − log p̃)), `kl` (loss + log Z, nats) and `ess` (fraction) of
+  each batch, averaged over the epoch by Keras.
+* maximum likelihood on data: `fit(points, batch_size=...)` or a
+  `tf.data.Dataset` of points [batch, *event_shape]. Logs `loss` = `nll`
+  (−mean log q). Only the closed-form inverse runs, never a solve.
+
+`model(points)` and `predict(points)` return log q(points) [batch];
+`evaluate` computes the same metrics as `fit` without updating anything
+(reverse-KL mode: give `steps`; samples come from seed + 1).
+
+Variables: the model tracks the distribution (so every variable of ψ,
+including a `tf_keras` potential's, is in `model.trainable_variables`,
+`tf.train.Checkpoint(model=...)` and `save_weights`). Under
+`tf.distribute.MirroredStrategy` create the distribution, the model and the
+optimizer inside `strategy.scope()`; `tfp_ircpm.distribute` makes every
+replica compute its slice of the single-device global batch.
+"""
+
+from typing import Dict
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+import tf_keras
+
+from tfp_ircpm import distribute
+from tfp_ircpm import training
+
+tfd = tfp.distributions
+
+
+class FlowModel(tf_keras.Model):
+  """A Keras model around a flow `distribution` (a `tfd.Distribution`).
+
+  Args:
+    distribution: the flow, e.g. `tfd.TransformedDistribution(M.uniform(),
+      tfb.Chain([IRCPM(M, psi)] * 3))`.
+    target: a `tfp_ircpm.targets.Target` (anything with
+      `unnormalized_log_prob` and `log_normalizer`) for reverse-KL training
+      without data; None for maximum likelihood only.
+    batch_size: the global number of samples per reverse-KL step (a
+      multiple of the number of replicas).
+    seed: integer seed of the reverse-KL sample stream.
+    name: model name.
+  """
+
+  def __init__(self, distribution: tfd.Distribution, target=None,
+               batch_size: int = 256, seed: int = 0,
+               name: str = 'flow_model'):
+    super().__init__(name=name)
+    if not isinstance(distribution, tfd.Distribution):
+      raise TypeError(f'distribution must be a tfd.Distribution, got '
+                      f'{distribution!r}.')
+    if target is not None and not hasattr(target, 'unnormalized_log_prob'):
+      raise TypeError('target must have unnormalized_log_prob (e.g. a '
+                      f'tfp_ircpm.targets.Target), got {target!r}.')
+    self.distribution = distribution
+    self.target = target
+    self.batch_size = int(batch_size)
+    self.seed = int(seed)
+    self._log_z = (float(target.log_normalizer) if target is not None
+                   and hasattr(target, 'log_normalizer') else 0.)
+    self._loss_tracker = tf_keras.metrics.Mean(name='loss')
+    self._kl_tracker = tf_keras.metrics.Mean(name='kl')
+    self._ess_tracker = tf_keras.metrics.Mean(name='ess')
+    self._nll_tracker = tf_keras.metrics.Mean(name='nll')
+
+  @property
+  def metrics(self):
+    # Keras resets these at the start of every epoch and evaluate.
+    return [self._loss_tracker, self._kl_tracker, self._ess_tracker,
+            self._nll_tracker]
+
+  def call(self, points: tf.Tensor) -> tf.Tensor:
+    """log q(points): [batch, *event_shape] → [batch]."""
+    return self.distribution.log_prob(points)
+
+  # -- data-free reverse KL ----------------------------------------------------
+
+  def _no_data(self, method: str) -> tf.data.Dataset:
+    if self.target is None:
+      raise ValueError(f'FlowModel.{method} without data needs a target '
+                       '(reverse KL); pass FlowModel(distribution, target) '
+                       'or give data points for maximum likelihood.')
+    # One dummy element per replica: Keras splits each batch over replicas.
+    replicas = self.distribute_strategy.num_replicas_in_sync
+    return tf.data.Dataset.from_tensors(tf.zeros([replicas])).repeat()
+
+  def fit(self, x=None, y=None, **kwargs):
+    """`tf_keras.Model.fit`; with x=None trains by reverse KL.
+
+    Without data, `steps_per_epoch` is required (the sample stream is
+    infinite) and `batch_size` is the constructor's.
+    """
+    if x is None:
+      if kwargs.get('steps_per_epoch') is None:
+        raise ValueError('FlowModel.fit without data needs steps_per_epoch.')
+      if kwargs.pop('batch_size', None) is not None:
+        raise ValueError('Set the reverse-KL batch size in FlowModel(...).')
+      x = self._no_data('fit')
+    return super().fit(x, y, **kwargs)
+
+  def evaluate(self, x=None, y=None, **kwargs):
+    """`tf_keras.Model.evaluate`; with x=None evaluates reverse KL."""
+    if x is None:
+      if kwargs.get('steps') is None:
+        raise ValueError('FlowModel.evaluate without data needs steps.')
+      x = self._no_data('evaluate')
+    return super().evaluate(x, y, **kwargs)
+
+  def _step_seed(self, stream: int, counter: tf.Tensor) -> tf.Tensor:
+    """A stateless seed [2] for step `counter` of sample stream `stream`."""
+    return tf.random.experimental.stateless_fold_in(
+        tf.constant([self.seed, stream], tf.int32),
+        tf.cast(counter, tf.int32))
+
+  def _logs(self, reverse_kl: bool) -> Dict[str, tf.Tensor]:
+    trackers = ((self._loss_tracker, self._kl_tracker, self._ess_tracker)
+                if reverse_kl else (self._loss_tracker, self._nll_tracker))
+    return {m.name: m.result() for m in trackers}
+
+  def _reverse_kl(self, seed) -> tf.Tensor:
+    share, log_w = distribute.reverse_kl_loss(
+        self.distribution, self.target, self.batch_size, seed)
+    loss = -tf.reduce_mean(log_w)
+    self._loss_tracker.update_state(loss)
+    self._kl_tracker.update_state(loss + tf.cast(self._log_z, loss.dtype))
+    self._ess_tracker.update_state(training.ess_from_log_weights(log_w))
+    return share
+
+  def _nll(self, data) -> tf.Tensor:
+    points, _, _ = tf_keras.utils.unpack_x_y_sample_weight(data)
+    share, log_q = distribute.nll_loss(self.distribution, points)
+    nll = -tf.reduce_mean(log_q)
+    self._loss_tracker.update_state(nll)
+    self._nll_tracker.update_state(nll)
+    return share
+
+  def _is_no_data(self, data) -> bool:
+    return (self.target is not None and isinstance(data, tf.Tensor)
+            and data.shape.rank == 1)
+
+  def train_step(self, data) -> Dict[str, tf.Tensor]:
+    reverse_kl = self._is_no_data(data)
+    with tf.GradientTape() as tape:
+      if reverse_kl:
+        share = self._reverse_kl(self._step_seed(0, self.optimizer.iterations))
+      else:
+        share = self._nll(data)
+    variables = self.trainable_variables
+    grads = tape.gradient(share, variables)
+    self.optimizer.apply_gradients(
+        [(g, v) for g, v in zip(grads, variables) if g is not None])
+    return self._logs(reverse_kl)
+
+  def test_step(self, data) -> Dict[str, tf.Tensor]:
+    reverse_kl = self._is_no_data(data)
+    if reverse_kl:
+      # Keras resets _test_counter at every evaluate: same samples each call.
+      self._reverse_kl(self._step_seed(1, self._test_counter))
+    else:
+      self._nll(data)
+    return self._logs(reverse_kl)
+
+  def predict_step(self, data) -> tf.Tensor:
+    points, _, _ = tf_keras.utils.unpack_x_y_sample_weight(data)
+    return self(points)
+
+  def get_config(self):
+    raise NotImplementedError(
+        'FlowModel is not serialisable with model.save(): save weights '
+        '(save_weights, tf.train.Checkpoint) or export the distribution with '
+        'tfp_ircpm.export.save.')
+
