@@ -114,6 +114,18 @@ def test_the_fold_barrier_keeps_the_map_a_diffeomorphism():
   assert 0.6 < float(a) < 1. and min(h['min_det'] for h in fit['history']) > 0
 
 
+def test_fit_nll_rejects_bad_points():
+  q = training.ircpm_flow(M.Sphere(2), 1, (4, 4))
+  good = _vmf_data(10, 0)
+  for bad, match in [(good[:, :2], 'train_points must have shape'),
+                     (good[:0], 'train_points must have shape'),
+                     (np.where(good > 0.5, np.nan, good), 'non-finite')]:
+    with pytest.raises(ValueError, match=match):
+      training.fit_nll(q, bad, good, steps=1)
+  with pytest.raises(ValueError, match='validation_points must have shape'):
+    training.fit_nll(q, good, good[None], steps=1)
+
+
 def test_ircpm_flow_shares_or_separates_parameters():
   sphere = M.Sphere(2)
   shared = training.ircpm_flow(sphere, 3, (8, 8), shared=True)

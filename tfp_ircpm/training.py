@@ -314,6 +314,19 @@ class ValidationMonitor:
       v.assign(value)
 
 
+def _as_points(points, q: tfd.Distribution, name: str) -> tf.Tensor:
+  """points as a [N >= 1, event_size] tensor of q's dtype, else ValueError."""
+  points = tf.convert_to_tensor(points, q.dtype)
+  event = q.event_shape.as_list()
+  if (points.shape.rank != 2 or points.shape[0] == 0
+      or points.shape[1:].as_list() != event):
+    raise ValueError(f'{name} must have shape [N >= 1] + {event}, got '
+                     f'{points.shape}.')
+  if not bool(tf.reduce_all(tf.math.is_finite(points))):
+    raise ValueError(f'{name} has non-finite values.')
+  return points
+
+
 def fit_nll(q: tfd.Distribution, train_points, validation_points,
             steps: int, batch_size: Optional[int] = None,
             learning_rate: float = 1e-3, decay: bool = True,
@@ -347,7 +360,8 @@ def fit_nll(q: tfd.Distribution, train_points, validation_points,
     best_validation, folded (training stopped on a fold), steps_run and
     seconds.
   """
-  train_points = tf.convert_to_tensor(train_points, q.dtype)
+  train_points = _as_points(train_points, q, 'train_points')
+  validation_points = _as_points(validation_points, q, 'validation_points')
   n = int(train_points.shape[0])
 
   links = []
