@@ -1,0 +1,174 @@
+"""Maximum-likelihood training on S²: no solves, exact densities, model
+selection, the fold guard, and the Earth example end to end."""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+import tfp_ircpm as ircpm
+from tfp_ircpm import data
+from tfp_ircpm import training
+from conftest import fibonacci_sphere
+
+tfd = tfp.distributions
+M = ircpm.manifolds
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHARED = data.default_data_path()
+
+
+def _vmf_data(n, seed, dtype=tf.float32):
+  mu = tf.constant([0., 0.6, 0.8], dtype)
+  return tfd.VonMisesFisher(mu, tf.constant(8., dtype)).sample(
+      n, seed=(seed, 0)).numpy()
+
+
+def test_fit_nll_never_solves_and_its_density_integrates_to_one(monkeypatch):
+  calls = []
+  original = ircpm.solvers.solve
+
+  def counting(*args, **kwargs):
+    calls.append(1)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(ircpm.solvers, 'solve', counting)
+  sphere = M.Sphere(2)
+  q = training.ircpm_flow(sphere, 2, (16, 16), output_scale=0.1, seed=1,
+                          shared=True)
+  fit = training.fit_nll(q, _vmf_data(400, 1), _vmf_data(100, 2), steps=60,
+                         batch_size=200, learning_rate=1e-2, eval_every=30,
+                         patience=100, validity_points=500, log_every=0,
+                         fold_penalty=10., penalty_points=64)
+  assert not calls                               # zero c-transform solves
+  assert fit['best_validation'] < math.log(4 * math.pi) - 0.3
+  # The density uses the exact intrinsic log-det: a trained, far-from-uniform
+  # q still integrates to 1 (equal-area quadrature, 4π/n per point).
+  log_prob = training._log_prob_fn(q)  # pylint: disable=protected-access
+  pts = tf.constant(fibonacci_sphere(20000), tf.float32)
+  q_vals = np.exp(np.concatenate([log_prob(pts[i:i + 10000]).numpy()
+                                  for i in range(0, 20000, 10000)]))
+  assert q_vals.max() > 3. / (4 * math.pi)       # not the uniform density
+  np.testing.assert_allclose(q_vals.mean() * 4 * math.pi, 1., atol=2e-3)
+  q.sample(4, seed=(1, 3))                       # the guard: sampling solves
+  assert calls
+
+
+def test_model_selection_restores_the_best_validation_checkpoint():
+  sphere = M.Sphere(2)
+  q = training.ircpm_flow(sphere, 1, (8, 8), output_scale=0.1, seed=2,
+                          dtype=tf.float64)
+  train_pts = _vmf_data(300, 3, tf.float64)
+  # A validation set from a different distribution: training on train_pts
+  # eventually makes it worse, so the best checkpoint is an early one.
+  val_pts = -_vmf_data(100, 4, tf.float64)
+  fit = training.fit_nll(q, train_pts, val_pts, steps=120, batch_size=None,
+                         learning_rate=2e-2, decay=False, eval_every=10,
+                         patience=3, validity_points=200, log_every=0)
+  vals = [h['validation_nll'] for h in fit['history']]
+  assert fit['steps_run'] < 120                  # stopped early
+  assert fit['best_validation'] == min(vals)
+  assert fit['best_step'] == fit['history'][int(np.argmin(vals))]['step']
+  np.testing.assert_allclose(training.batched_nll(q, val_pts),
+                             fit['best_validation'], rtol=1e-10)
+  assert fit['history'][int(np.argmin(vals))]['min_det'] > 0
+
+
+def test_fit_nll_stops_on_a_fold_and_keeps_the_last_valid_checkpoint():
+  # f⁻¹(y) = y − a sin y: q(y) = |1 − a cos y|/2π rewards a → ∞ on data
+  # near y = π, but det J_{f⁻¹}(0) = 1 − a < 0 once a > 1 (a fold).
+  torus = M.Torus(1)
+  a = tf.Variable(0.2, dtype=tf.float64)
+  bij = ircpm.IRCPM(torus, lambda y: a * tf.cos(y[..., 0]),
+                    nonconvergence='ignore')
+  q = tfd.TransformedDistribution(torus.uniform(tf.float64), bij)
+  pts = np.pi + 0.1 * np.random.default_rng(0).standard_normal([200, 1])
+  fit = training.fit_nll(q, pts, pts, steps=400, learning_rate=0.05,
+                         decay=False, eval_every=5, patience=100,
+                         validity_points=256, log_every=0, variables=[a])
+  assert fit['folded'] and fit['steps_run'] < 400
+  assert fit['history'][-1]['min_det'] <= 0.
+  assert 0.2 < float(a) < 1.                      # restored: no fold
+
+
+def test_the_fold_barrier_keeps_the_map_a_diffeomorphism():
+  torus = M.Torus(1)
+  a = tf.Variable(0.2, dtype=tf.float64)
+  bij = ircpm.IRCPM(torus, lambda y: a * tf.cos(y[..., 0]),
+                    nonconvergence='ignore')
+  q = tfd.TransformedDistribution(torus.uniform(tf.float64), bij)
+  pts = np.pi + 0.1 * np.random.default_rng(0).standard_normal([200, 1])
+  fit = training.fit_nll(q, pts, pts, steps=150, learning_rate=0.05,
+                         decay=False, eval_every=5, patience=100,
+                         validity_points=256, log_every=0, variables=[a],
+                         fold_penalty=1000., fold_margin=0.2,
+                         penalty_points=512)
+  assert not fit['folded'] and fit['steps_run'] == 150
+  # NLL pulls a up; the barrier holds min det = 1 − a near the margin.
+  assert 0.6 < float(a) < 1. and min(h['min_det'] for h in fit['history']) > 0
+
+
+def test_fit_nll_rejects_bad_points():
+  q = training.ircpm_flow(M.Sphere(2), 1, (4, 4))
+  good = _vmf_data(10, 0)
+  for bad, match in [(good[:, :2], 'train_points must have shape'),
+                     (good[:0], 'train_points must have shape'),
+                     (np.where(good > 0.5, np.nan, good), 'non-finite')]:
+    with pytest.raises(ValueError, match=match):
+      training.fit_nll(q, bad, good, steps=1)
+  with pytest.raises(ValueError, match='validation_points must have shape'):
+    training.fit_nll(q, good, good[None], steps=1)
+
+
+def test_ircpm_flow_shares_or_separates_parameters():
+  sphere = M.Sphere(2)
+  shared = training.ircpm_flow(sphere, 3, (8, 8), shared=True)
+  separate = training.ircpm_flow(sphere, 3, (8, 8))
+  assert len(separate.trainable_variables) == 3 * len(
+      shared.trainable_variables)
+  with pytest.raises(ValueError, match='num_layers'):
+    training.ircpm_flow(sphere, 0)
+
+
+def test_earth_example_end_to_end_on_a_synthetic_file(tmp_path):
+  rng = np.random.default_rng(0)
+  lat = np.clip(rng.normal(20., 10., 300), -90, 90)
+  lon = rng.normal(-60., 20., 300)
+  rows = '\n'.join(f'{a:.3f},{b:.3f}' for a, b in zip(lat, lon))
+  (tmp_path / 'volerup.csv').write_text('# synthetic\nLatitude,Longitude\n'
+                                        + rows + '\n')
+  out = tmp_path / 'out'
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  log = subprocess.run(
+      [sys.executable, str(ROOT / 'examples' / 'earth.py'),
+       f'--data_path={tmp_path}', '--dataset=volcano', '--seed=1',
+       '--layers=1', '--hidden=8', '--steps=40', '--learning_rate=2e-2',
+       '--eval_every=10', '--check_points=1000', f'--output_dir={out}'],
+      capture_output=True, text=True, env=env, timeout=600)
+  assert log.returncode == 0, log.stderr[-3000:]
+  result = json.loads((out / 'volcano_seed1.json').read_text())
+  assert result['test_nll'] < math.log(4 * math.pi) - 0.2   # learned
+  assert result['diffeomorphism']['passed']
+  assert 'test NLL' in log.stdout
+  assert (out / 'volcano_seed1.png').stat().st_size > 10000
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(SHARED is None or not os.path.isdir(SHARED),
+                    reason='shared Earth data folder absent')
+def test_volcano_beats_the_uniform_density_by_a_wide_margin(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  subprocess.run(
+      [sys.executable, str(ROOT / 'examples' / 'earth.py'),
+       f'--data_path={SHARED}', '--dataset=volcano', '--seed=0',
+       '--steps=600', '--check_points=20000', f'--output_dir={tmp_path}'],
+      capture_output=True, text=True, env=env, timeout=3000, check=True)
+  result = json.loads((tmp_path / 'volcano_seed0.json').read_text())
+  assert result['diffeomorphism']['passed']
+  assert result['test_nll'] < 1.5                 # uniform: log 4π ≈ 2.53
