@@ -353,3 +353,105 @@ class EnergyPotential(tf.Module):
       m = self.matrix(dtype)
       psi += tf.reduce_sum(grad_u * tf.linalg.matvec(m, grad_u), axis=-1)
     return psi
+
+
+# -- Lattice-equivariant potentials -------------------------------------------
+
+
+class LatticeConvPotential(tf.Module):
+  """ψ = output_scale · Σ_sites CNN(bond features), for L×L periodic lattices.
+
+  The features at site i are functions of the bonds to its right and lower
+  neighbours j: (cos, sin)(θᵢ − θⱼ) for XY spins (`spin='xy'`, points are
+  angles [..., L²]) or sᵢ·sⱼ for O(3) spins (`spin='o3'`, points are unit
+  vectors [..., 3L²]). They are invariant under the global symmetry (U(1)
+  shifts θ ↦ θ + c, resp. rotations s ↦ Rs). The network is `len(hidden_units)`
+  circular 3×3 convolutions with softplus and a 1×1 read-out, summed over
+  sites, so ψ is also invariant under lattice translations. Both groups act
+  by isometries, hence the IRCPM is equivariant under them (Lemma 1).
+
+  Convolutions are sums of `tf.roll`ed matmuls rather than `tf.nn.conv2d`:
+  rolls give the periodic boundary directly, and every derivative order is
+  plain matmuls (log-det gradients need third derivatives of ψ).
+
+  Args:
+    lattice_size: L.
+    spin: 'xy' or 'o3'.
+    hidden_units: channels of the 3×3 convolution layers.
+    output_scale: multiplies ψ; keeps ‖Hess ψ‖ small at initialisation.
+    dtype: variable dtype (arithmetic follows the input's dtype).
+    seed: integer seed for the initialisation.
+  """
+
+  _OFFSETS = tuple((a, b) for a in (-1, 0, 1) for b in (-1, 0, 1))
+
+  def __init__(self,
+               lattice_size: int,
+               spin: str = 'xy',
+               hidden_units: Sequence[int] = (16, 16),
+               output_scale: float = 0.1,
+               dtype=tf.float32,
+               seed: Optional[int] = None,
+               name: str = 'lattice_conv_potential'):
+    super().__init__(name=name)
+    if spin not in ('xy', 'o3'):
+      raise ValueError(f"spin must be 'xy' or 'o3', got {spin!r}.")
+    self.lattice_size = int(lattice_size)
+    self.spin = spin
+    self.output_scale = float(output_scale)
+    self.hidden_units = tuple(int(h) for h in hidden_units)
+    self._dtype = tf.as_dtype(dtype)
+    in_channels = 4 if spin == 'xy' else 2
+    rng = tf.random.Generator.from_seed(seed) if seed is not None else (
+        tf.random.Generator.from_non_deterministic_state())
+    self.kernels, self.biases = [], []
+    sizes = (in_channels,) + self.hidden_units
+    with self.name_scope:
+      for i, (c_in, c_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        fan_in = 9 * c_in
+        k = rng.normal([9, c_in, c_out], dtype=self._dtype) / math.sqrt(fan_in)
+        self.kernels.append(tf.Variable(k, name=f'kernel{i}'))
+        self.biases.append(tf.Variable(
+            rng.normal([c_out], dtype=self._dtype) * 0.1, name=f'bias{i}'))
+      readout = rng.normal([sizes[-1]], dtype=self._dtype) / math.sqrt(
+          sizes[-1])
+      self.readout = tf.Variable(readout, name='readout')
+
+  @property
+  def num_parameters(self) -> int:
+    return sum(int(v.shape.num_elements()) for v in self.trainable_variables)
+
+  @property
+  def ambient_dim(self) -> int:
+    return self.lattice_size ** 2 * (1 if self.spin == 'xy' else 3)
+
+  def features(self, x: tf.Tensor) -> tf.Tensor:
+    """Invariant bond features [N, L, L, C] for points [N, ambient_dim]."""
+    l = self.lattice_size
+    if self.spin == 'xy':
+      theta = tf.reshape(x, [-1, l, l])
+      dx = theta - tf.roll(theta, -1, axis=2)
+      dy = theta - tf.roll(theta, -1, axis=1)
+      return tf.stack([tf.cos(dx), tf.sin(dx), tf.cos(dy), tf.sin(dy)], -1)
+    s = tf.reshape(x, [-1, l, l, 3])
+    return tf.stack([tf.reduce_sum(s * tf.roll(s, -1, axis=2), -1),
+                     tf.reduce_sum(s * tf.roll(s, -1, axis=1), -1)], -1)
+
+  def _conv(self, h: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    out = 0.
+    for k, (a, b) in enumerate(self._OFFSETS):
+      shifted = tf.roll(h, shift=[a, b], axis=[1, 2])
+      out += tf.einsum('nijc,cd->nijd', shifted, kernel[k])
+    return out
+
+  def __call__(self, x: tf.Tensor) -> tf.Tensor:
+    """ψ(x): points [..., ambient_dim] → [...] (in x's dtype)."""
+    dtype = x.dtype
+    batch_shape = tf.shape(x)[:-1]
+    h = self.features(tf.reshape(x, [-1, self.ambient_dim]))
+    for kernel, bias in zip(self.kernels, self.biases):
+      h = softplus(self._conv(h, tf.cast(kernel, dtype)) + tf.cast(bias, dtype))
+    per_site = tf.linalg.matvec(h, tf.cast(self.readout, dtype))
+    out = tf.reduce_sum(per_site, axis=[1, 2]) * tf.constant(
+        self.output_scale, dtype)
+    return tf.reshape(out, batch_shape)
