@@ -28,6 +28,9 @@ import tensorflow_probability as tfp
 # uses this same context for its own tape.
 from tensorflow.python.eager import record  # pylint: disable=g-direct-tensorflow-import
 
+from tensorflow_probability.python.bijectors import chain as chain_lib
+from tensorflow_probability.python.distributions import transformed_distribution as transformed_lib
+
 from tfp_ircpm import matrix_free
 from tfp_ircpm import solvers
 from tfp_ircpm.bijectors import ircpm as ircpm_lib
@@ -130,13 +133,15 @@ def flow_layers(q: tfd.TransformedDistribution
   Accepts an `IRCPM`, or a `tfb.Chain` (any depth) of them; anything else
   is a ValueError.
   """
-  if not isinstance(q, tfd.TransformedDistribution):
+  # tfd.TransformedDistribution / tfb.Chain build instances of their private
+  # non-composite bases when a part is not a CompositeTensor (IRCPMs are not).
+  if not isinstance(q, transformed_lib._TransformedDistribution):  # pylint: disable=protected-access
     raise ValueError(f'Need a TransformedDistribution of IRCPMs, got {q!r}.')
 
   def walk(b):
     if isinstance(b, ircpm_lib.IRCPM):
       return [b]
-    if isinstance(b, tfb.Chain):
+    if isinstance(b, chain_lib._Chain):  # pylint: disable=protected-access
       return [l for part in reversed(b.bijectors) for l in walk(part)]
     raise ValueError(f'Only IRCPMs and Chains of them are supported; got {b!r}.')
 
