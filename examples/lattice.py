@@ -51,9 +51,12 @@ flags.DEFINE_integer('layers', 2, 'IRCPMs in the stack (each its own ψ).')
 flags.DEFINE_integer('hidden', 16, 'Channels of the two conv layers.')
 flags.DEFINE_float('output_scale', 0.1, 'ψ output scale.')
 flags.DEFINE_integer('batch_size', 64, 'Samples per step.')
-flags.DEFINE_float('learning_rate', 5e-3, 'Initial Adam rate (cosine decay).')
+flags.DEFINE_float('learning_rate', 1e-3, 'Initial Adam rate (cosine decay).')
 flags.DEFINE_enum('estimator', 'auto', list(logdet.ESTIMATORS),
                   'Training log-det estimator.')
+flags.DEFINE_float('barrier_weight', 10., 'Weight (per site) of the '
+                   'logdet.min_eigenvalue_penalty guard on I + Hess psi.')
+flags.DEFINE_float('barrier_floor', 0.5, 'Floor on λ_min(I + Hess psi).')
 flags.DEFINE_integer('eval_samples', 2000, 'Samples for the exact ESS.')
 flags.DEFINE_integer('eval_batch', 250, 'Evaluation batch size.')
 flags.DEFINE_integer('mcmc_sweeps', 2000, 'Heat-bath sweeps (0: no MCMC).')
@@ -101,6 +104,10 @@ class MeanField(tf.Module):
     s = d.sample(n, seed=seed)
     return tf.reshape(s, [n, -1]), d.log_prob(s)
 
+  def loss(self, target, n, seed, estimator):
+    y, log_q = self.sample_and_log_prob(n, seed, estimator)
+    return tf.reduce_mean(log_q + target.energy(y))
+
 
 class Flow:
   """A stack of IRCPMs over the uniform base, sampled matrix-free."""
@@ -129,6 +136,41 @@ class Flow:
 
   def sample_and_log_prob(self, n, seed, estimator='exact'):
     return logdet.sample_and_log_prob(self.q, n, seed, estimator)
+
+  def loss(self, target, n, seed, estimator):
+    """Reverse KL (log-dets per `estimator`) + the λ_min guard."""
+    y, log_q, points, ok = logdet.sample_and_log_prob(
+        self.q, n, seed, estimator, return_layer_points=True,
+        return_converged=True)
+    # Points whose solve failed are dropped (their gradients would be NaN);
+    # evaluation counts them.
+    terms = tf.where(ok, log_q + target.energy(y), 0.)
+    kl = tf.reduce_sum(terms) / tf.maximum(
+        tf.reduce_sum(tf.cast(ok, terms.dtype)), 1.)
+    if not FLAGS.barrier_weight or not isinstance(
+        target.manifold, ircpm.manifolds.Torus):
+      return kl
+    points = [tf.where(ok[:, None], p, tf.stop_gradient(p)) for p in points]
+    penalty = logdet.min_eigenvalue_penalty(
+        self.bijectors, points, floor=FLAGS.barrier_floor, iterations=20,
+        seed=seed)
+    return kl + FLAGS.barrier_weight * target.num_sites * penalty
+
+  def min_eigenvalues(self, n, seed):
+    """Exact min eigenvalue of I + Hess ψ per layer at n samples, [layers]."""
+    _, _, points = logdet.sample_and_log_prob(self.q, n, seed, 'exact',
+                                              return_layer_points=True)
+    out = []
+    for psi, y in zip(self.psis, points):
+      with tf.GradientTape() as t2:
+        t2.watch(y)
+        with tf.GradientTape() as t1:
+          t1.watch(y)
+          v = psi(y)
+        g = t1.gradient(v, y)
+      hess = t2.batch_jacobian(g, y)
+      out.append(1. + tf.reduce_min(tf.linalg.eigvalsh(hess)))
+    return tf.stack(out)
 
 
 def evaluate(model, target, num_samples, seed):
@@ -181,8 +223,7 @@ def main(_):
         f'params={params} estimator={estimator}', flush=True)
 
   def loss_fn(s):
-    y, log_q = model.sample_and_log_prob(FLAGS.batch_size, s, estimator)
-    return tf.reduce_mean(log_q + target.energy(y))
+    return model.loss(target, FLAGS.batch_size, s, estimator)
 
   lr = tf_keras.optimizers.schedules.CosineDecay(FLAGS.learning_rate,
                                                  FLAGS.steps)
@@ -206,6 +247,9 @@ def main(_):
   start = time.time()
   metrics = evaluate(model, target, FLAGS.eval_samples, (FLAGS.seed, 99))
   eval_seconds = time.time() - start
+  if isinstance(model, Flow) and FLAGS.model == 'xy':
+    metrics['min_eig_J'] = [float(v) for v in tf.function(
+        model.min_eigenvalues)(200, (FLAGS.seed, 7))]
   result = dict(model=FLAGS.model, L=FLAGS.L, beta=FLAGS.beta, psi=FLAGS.psi,
                 layers=FLAGS.layers, params=params, estimator=estimator,
                 steps=FLAGS.steps, batch_size=FLAGS.batch_size,

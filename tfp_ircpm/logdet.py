@@ -149,15 +149,20 @@ def flow_layers(q: tfd.TransformedDistribution
 
 
 def sample_and_log_prob(q: tfd.TransformedDistribution, n: int, seed=None,
-                        estimator: str = 'exact', num_probes: int = 1
-                        ) -> Tuple[tf.Tensor, tf.Tensor]:
+                        estimator: str = 'exact', num_probes: int = 1,
+                        return_layer_points: bool = False,
+                        return_converged: bool = False):
   """y ~ q [n, ambient] and log q(y) [n], solves by `matrix_free.forward`.
 
   With estimator 'exact', log q is exact (Eq. 4 via each layer's
   `inverse_log_det_jacobian`); with 'stochastic' the log-det terms are the
   zero-valued surrogates of `logdet_surrogate` (right gradient in
   expectation, value log base(x) only). Points whose solve did not converge
-  are NaN.
+  are NaN, unless `return_converged`: then they are kept (finite, not
+  solutions) and a [n] bool mask of the points whose every solve converged
+  is returned as well, so a training loss can drop them instead of taking
+  NaN gradients. With `return_layer_points`, also returns the list of each
+  layer's output points (for `min_eigenvalue_penalty`).
   """
   base_dist, layers = flow_layers(q)
   manifold = layers[0].manifold
@@ -168,16 +173,84 @@ def sample_and_log_prob(q: tfd.TransformedDistribution, n: int, seed=None,
   log_q = base_dist.log_prob(x)
   y = x
   probe_seeds = tfp.random.split_seed(probe_seed, n=len(layers))
+  points = []
+  converged = tf.ones(tf.shape(x)[:1], tf.bool)
   for i, layer in enumerate(layers):
-    y = matrix_free.forward(layer.manifold, layer.potential, y,
-                            tolerance=layer._tolerance)  # pylint: disable=protected-access
+    y, ok = matrix_free.forward(
+        layer.manifold, layer.potential, y,
+        tolerance=layer._tolerance,  # pylint: disable=protected-access
+        nonconvergence='ignore' if return_converged else 'nan',
+        return_converged=True)
+    converged &= ok
+    points.append(y)
     if estimator == 'exact':
       log_q += layer.inverse_log_det_jacobian(y, event_ndims=1)
     else:
       probes = rademacher_probes(num_probes, tf.shape(y), y.dtype,
                                  probe_seeds[i])
       log_q += logdet_surrogate(layer.manifold, layer.potential, y, probes)
-  return y, log_q
+  out = (y, log_q)
+  if return_layer_points:
+    out += (points,)
+  if return_converged:
+    out += (converged,)
+  return out
+
+
+def min_eigenvalue(manifold: base.Manifold, potential, y: tf.Tensor,
+                   iterations: int = 20,
+                   shift: float = 3., seed=None) -> tf.Tensor:
+  """Differentiable estimate of λ_min(Hess ψ(y)) on a torus, [N].
+
+  Power iteration on shift·I − Hess ψ (its top eigenvector is Hess ψ's
+  bottom one while λ_max − λ_min < 2 shift) from a random start, then the
+  Rayleigh quotient uᵀ Hess ψ u with u held fixed: its gradient is
+  ∇λ_min at convergence (Hellmann-Feynman). A Rayleigh quotient never lies
+  below λ_min, so a short iteration *under*-reports violations.
+  """
+  y = tf.convert_to_tensor(y)
+  y_stop = tf.stop_gradient(y)
+
+  choose_estimator(manifold, 'stochastic')  # a torus
+  # Symbolic HVPs: tapes are paused for the iteration.
+  jvp = matrix_free.hvp(manifold, potential, y_stop, y_stop)
+
+  def power(u0):
+    def body(i, u):
+      hu = jvp(u) - u
+      u = shift * u - hu
+      return i + 1, u / tf.norm(u, axis=-1, keepdims=True)
+    return tf.while_loop(lambda i, u: i < iterations, body,
+                         (tf.constant(0), u0))[1]
+
+  u0 = tf.random.stateless_normal(tf.shape(y), seed if seed is not None
+                                  else (0, 0), dtype=y.dtype)
+  u0 /= tf.norm(u0, axis=-1, keepdims=True)
+  with record.stop_recording():
+    u = tf.function(power)(u0) if tf.executing_eagerly() else power(u0)
+  u = tf.stop_gradient(u)
+  hu = jacobian_vector_product(potential, y, u) - u
+  return tf.reduce_sum(u * hu, axis=-1)
+
+
+def min_eigenvalue_penalty(layers: List[ircpm_lib.IRCPM], points,
+                           floor: float = 0.2, iterations: int = 20,
+                           seed=None) -> tf.Tensor:
+  """Σ_layers mean_points relu(floor − λ_min(I + Hess ψ)).
+
+  A soft guard, not a certificate: it keeps J_{f⁻¹} = I + Hess ψ positive
+  definite where the samples are (reverse KL otherwise drives λ_min to 0 in
+  the regions the flow expands, where samples are rare, and the map stops
+  being a diffeomorphism).
+  """
+  seeds = tfp.random.split_seed(seed if seed is not None else 0,
+                                n=len(layers))
+  total = 0.
+  for i, (layer, y) in enumerate(zip(layers, points)):
+    lam = 1. + min_eigenvalue(layer.manifold, layer.potential, y, iterations,
+                              seed=seeds[i])
+    total += tf.reduce_mean(tf.nn.relu(floor - lam))
+  return total
 
 
 def reverse_kl_loss(q: tfd.TransformedDistribution, target, batch_size: int,

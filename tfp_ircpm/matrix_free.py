@@ -219,7 +219,7 @@ def _solve_graph(manifold, potential, x, tolerance, max_iterations,
 def forward(manifold: base.Manifold, potential: Potential, x: tf.Tensor,
             tolerance: Optional[float] = None, max_iterations: int = 30,
             cg_iterations: int = 50, cg_rtol: Optional[float] = None,
-            nonconvergence: str = 'nan') -> tf.Tensor:
+            nonconvergence: str = 'nan', return_converged: bool = False):
   """f(x) = argmin_y h(x, y) for x [N, ambient], with IFT gradients.
 
   Same value and first derivatives as `IRCPM.forward` (`solvers.implicit_step`
@@ -228,6 +228,7 @@ def forward(manifold: base.Manifold, potential: Potential, x: tf.Tensor,
   Args:
     nonconvergence: 'nan' (points whose solve missed the tolerance become
       NaN) or 'ignore'.
+    return_converged: also return the solve's `converged` flags [N].
   """
   if nonconvergence not in ('nan', 'ignore'):
     raise ValueError("nonconvergence must be 'nan' or 'ignore'.")
@@ -274,4 +275,6 @@ def forward(manifold: base.Manifold, potential: Potential, x: tf.Tensor,
   if nonconvergence == 'nan':
     out = tf.where(result.converged[:, None], out,
                    tf.constant(float('nan'), out.dtype))
+  if return_converged:
+    return out, result.converged
   return out

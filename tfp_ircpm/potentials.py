@@ -381,6 +381,11 @@ class LatticeConvPotential(tf.Module):
     output_scale: multiplies ψ; keeps ‖Hess ψ‖ small at initialisation.
     dtype: variable dtype (arithmetic follows the input's dtype).
     seed: integer seed for the initialisation.
+    certified: (XY only) multiply ψ by `certified_scale()`, which keeps
+      ‖Hess ψ‖ <= 0.98 for every value of the parameters, so J_{f⁻¹} =
+      I + Hess ψ stays positive definite: f is a diffeomorphism of T^{L²}
+      (the gradient map of the strictly convex ½|y|² + ψ, commuting with
+      2πZ^{L²}) and the Newton-CG solve sees condition numbers <= 99.
   """
 
   _OFFSETS = tuple((a, b) for a in (-1, 0, 1) for b in (-1, 0, 1))
@@ -392,10 +397,14 @@ class LatticeConvPotential(tf.Module):
                output_scale: float = 0.1,
                dtype=tf.float32,
                seed: Optional[int] = None,
+               certified: bool = False,
                name: str = 'lattice_conv_potential'):
     super().__init__(name=name)
     if spin not in ('xy', 'o3'):
       raise ValueError(f"spin must be 'xy' or 'o3', got {spin!r}.")
+    if certified and spin != 'xy':
+      raise ValueError('certified=True is implemented for XY spins only.')
+    self.certified = bool(certified)
     self.lattice_size = int(lattice_size)
     self.spin = spin
     self.output_scale = float(output_scale)
@@ -437,6 +446,40 @@ class LatticeConvPotential(tf.Module):
     return tf.stack([tf.reduce_sum(s * tf.roll(s, -1, axis=2), -1),
                      tf.reduce_sum(s * tf.roll(s, -1, axis=1), -1)], -1)
 
+  def hessian_bound(self) -> tf.Tensor:
+    """An upper bound on ‖Hess ψ‖ over T^{L²} (XY, before certification).
+
+    As `MLP.certified_scale`, with the convolutions as structured matrices
+    C_k = Σ_o S_o ⊗ K_{k,o} (S_o the lattice shifts), so ‖C_k‖ <= Σ_o ‖K_{k,o}‖
+    and entrywise sensitivities are translation invariant: a_L = s|r|,
+    a_{k-1} = Σ_o |K_{k,o}| a_k per channel. The features are (cos, sin) of
+    the bond differences Dθ, ‖D‖² <= 8 (the lattice Laplacian's top
+    eigenvalue), and Σ_m g_m ∇²φ(D_mθ) <= 4 (‖a_0^x‖ + ‖a_0^y‖) with a_0^x
+    the (cos, sin) pair of the x-bonds. Hence
+      ‖Hess ψ‖ <= Σ_k ¼ max(a_k) ‖C_k‖² j_{k-1}² + 4 (‖a_0^x‖ + ‖a_0^y‖),
+    j_0 = √8, j_k = ‖C_k‖ j_{k-1}.
+    """
+    if self.spin != 'xy':
+      raise ValueError('hessian_bound is implemented for XY spins only.')
+    norms = [tf.reduce_sum(tf.linalg.svd(k, compute_uv=False)[:, 0])
+             for k in self.kernels]
+    sens = [None] * (len(self.kernels) + 1)
+    sens[-1] = self.output_scale * tf.abs(self.readout)
+    for k in range(len(self.kernels), 0, -1):
+      sens[k - 1] = tf.reduce_sum(
+          tf.linalg.matvec(tf.abs(self.kernels[k - 1]), sens[k]), axis=0)
+    jac_sq = [tf.constant(8., self._dtype)]
+    for norm in norms:
+      jac_sq.append(tf.square(norm) * jac_sq[-1])
+    bound = 4. * (tf.norm(sens[0][:2]) + tf.norm(sens[0][2:]))
+    for k, norm in enumerate(norms, start=1):
+      bound += 0.25 * tf.reduce_max(sens[k]) * tf.square(norm) * jac_sq[k - 1]
+    return bound
+
+  def certified_scale(self) -> tf.Tensor:
+    """min(1, 0.98 / hessian_bound()): ψ times it has ‖Hess ψ‖ <= 0.98."""
+    return tf.minimum(tf.ones([], self._dtype), 0.98 / self.hessian_bound())
+
   def _conv(self, h: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     out = 0.
     for k, (a, b) in enumerate(self._OFFSETS):
@@ -454,4 +497,6 @@ class LatticeConvPotential(tf.Module):
     per_site = tf.linalg.matvec(h, tf.cast(self.readout, dtype))
     out = tf.reduce_sum(per_site, axis=[1, 2]) * tf.constant(
         self.output_scale, dtype)
+    if self.certified:
+      out = out * tf.cast(self.certified_scale(), dtype)
     return tf.reshape(out, batch_shape)
