@@ -84,12 +84,14 @@ class MeanField(tf.Module):
     super().__init__(name='mean_field')
     self.target = target
     n = target.num_sites
-    rng = np.random.default_rng(FLAGS.seed)
+    # Aligned means: the symmetry-broken mean-field solution. From random
+    # means with small κ, reverse KL sits at the κ = 0 saddle (measured:
+    # uniform samples after 2000 steps).
     if target.spin_dim == 2:
-      self.loc = tf.Variable(rng.uniform(0, 2 * np.pi, n).astype(np.float32))
+      self.loc = tf.Variable(tf.zeros([n]))
     else:
-      self.loc = tf.Variable(rng.normal(size=(n, 3)).astype(np.float32))
-    self.raw_kappa = tf.Variable(tf.fill([n], -2.))
+      self.loc = tf.Variable(tf.tile([[0., 0., 1.]], [n, 1]))
+    self.raw_kappa = tf.Variable(tf.zeros([n]))
 
   def _dist(self):
     kappa = tf.nn.softplus(self.raw_kappa)
