@@ -5,11 +5,15 @@ Rezende & Racanière (2021), arXiv 2110.01288.
 
 from tfp_ircpm import bijectors
 from tfp_ircpm import bounds
+from tfp_ircpm import data
 from tfp_ircpm import distribute
 from tfp_ircpm import distributions
 from tfp_ircpm import export
 from tfp_ircpm import keras
+from tfp_ircpm import logdet
 from tfp_ircpm import manifolds
+from tfp_ircpm import matrix_free
+from tfp_ircpm import mcmc
 from tfp_ircpm import potentials
 from tfp_ircpm import solvers
 from tfp_ircpm import targets
@@ -18,6 +22,6 @@ from tfp_ircpm.bijectors import IRCPM
 
 __version__ = '0.1.0'
 
-__all__ = ['IRCPM', 'bijectors', 'bounds', 'distribute', 'distributions',
-           'export', 'keras', 'manifolds', 'potentials', 'solvers', 'targets',
-           'training']
+__all__ = ['IRCPM', 'bijectors', 'bounds', 'data', 'distribute', 'distributions',
+           'export', 'keras', 'logdet', 'manifolds', 'matrix_free', 'mcmc',
+           'potentials', 'solvers', 'targets', 'training']

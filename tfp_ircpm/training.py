@@ -17,12 +17,22 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
+from tfp_ircpm import logdet as logdet_lib
+
 tfd = tfp.distributions
 
 
 def reverse_kl_loss(q: tfd.Distribution, target, batch_size: int,
-                    seed=None) -> tf.Tensor:
-  """mean_{y~q}[log q(y) − log p̃(y)] = KL(q‖p) − log Z (Eq. 9)."""
+                    seed=None, logdet: str = 'auto') -> tf.Tensor:
+  """mean_{y~q}[log q(y) − log p̃(y)] = KL(q‖p) − log Z (Eq. 9).
+
+  `logdet`: 'exact', 'stochastic' or 'auto' (see `tfp_ircpm.logdet`: the
+  stochastic estimator, for IRCPM flows on high-dimensional tori, gives an
+  unbiased gradient but leaves the log-det out of the value).
+  """
+  if logdet_lib.uses_stochastic(q, logdet):
+    return logdet_lib.reverse_kl_loss(q, target, batch_size, seed=seed,
+                                      estimator='stochastic')
   y, log_q = q.experimental_sample_and_log_prob(batch_size, seed=seed)
   return tf.reduce_mean(log_q - tf.cast(target.unnormalized_log_prob(y),
                                         log_q.dtype))

@@ -1,0 +1,388 @@
+"""Lattice models: targets, equivariant potentials and flows, matrix-free
+solves, the stochastic log-det and the heat-bath reference sampler."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+import tfp_ircpm as ircpm
+from tfp_ircpm import logdet
+from tfp_ircpm import matrix_free
+from tfp_ircpm import mcmc
+from tfp_ircpm import potentials
+from tfp_ircpm import targets
+from tfp_ircpm import training
+
+M = ircpm.manifolds
+tfd = tfp.distributions
+tfb = tfp.bijectors
+
+
+def _xy_psi(lattice_size, scale=0.2, seed=0, **kwargs):
+  return potentials.LatticeConvPotential(
+      lattice_size, 'xy', (8, 8), output_scale=scale, seed=seed,
+      dtype=tf.float64, **kwargs)
+
+
+def _o3_psi(lattice_size, scale=0.2, seed=0):
+  return potentials.LatticeConvPotential(
+      lattice_size, 'o3', (8, 8), output_scale=scale, seed=seed,
+      dtype=tf.float64)
+
+
+def _random_rotation(rng):
+  q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+  q = q * np.sign(np.diag(r))
+  return q * np.linalg.det(q)
+
+
+def _dense_hessian(psi, y):
+  with tf.GradientTape() as outer:
+    outer.watch(y)
+    with tf.GradientTape() as inner:
+      inner.watch(y)
+      value = psi(y)
+    g = inner.gradient(value, y)
+  return outer.batch_jacobian(g, y)
+
+
+# -- targets ------------------------------------------------------------------
+
+
+def test_lattice_energies_match_explicit_bond_sums():
+  rng = np.random.default_rng(0)
+  l = 3
+  theta = rng.uniform(0, 2 * np.pi, (4, l * l))
+  spins = rng.normal(size=(4, l * l, 3))
+  spins /= np.linalg.norm(spins, axis=-1, keepdims=True)
+  xy_expected = np.zeros(4)
+  o3_expected = np.zeros(4)
+  for a in range(l):
+    for b in range(l):
+      i = a * l + b
+      for j in (((a + 1) % l) * l + b, a * l + (b + 1) % l):
+        xy_expected += np.cos(theta[:, i] - theta[:, j])
+        o3_expected += np.sum(spins[:, i] * spins[:, j], -1)
+  xy, o3 = targets.xy_model(l, 0.7), targets.o3_model(l, 1.3)
+  np.testing.assert_allclose(xy.energy(tf.constant(theta)), -0.7 * xy_expected,
+                             rtol=1e-12)
+  np.testing.assert_allclose(
+      o3.energy(tf.constant(spins.reshape(4, -1))), -1.3 * o3_expected,
+      rtol=1e-12)
+  np.testing.assert_allclose(xy.energy_per_site(tf.constant(theta)),
+                             -xy_expected / 9, rtol=1e-12)
+  m = xy.magnetisation(tf.constant(theta)).numpy()
+  np.testing.assert_allclose(m[:, 0], np.cos(theta).sum(-1), rtol=1e-12)
+
+
+def _bessel_i(k, z):
+  t = (np.arange(4000) + 0.5) * np.pi / 4000
+  return np.mean(np.exp(z * np.cos(t)) * np.cos(k * t))
+
+
+def test_xy_two_by_two_log_normalizer_matches_transfer_matrix():
+  # L = 2: a 4-ring with every bond doubled, coupling K = 2β, so
+  # Z = (2π)⁴ Σ_k I_k(K)⁴.
+  beta = 0.6
+  exact = 4 * math.log(2 * math.pi) + math.log(
+      sum(_bessel_i(k, 2 * beta) ** 4 for k in range(-30, 31)))
+  assert targets.xy_model(2, beta).log_normalizer == pytest.approx(exact,
+                                                                   abs=1e-9)
+
+
+def test_lattice_targets_reject_bad_input():
+  with pytest.raises(ValueError, match='lattice_size'):
+    targets.xy_model(2.5, 1.)
+  with pytest.raises(ValueError, match='beta'):
+    targets.o3_model(4, -1.)
+  with pytest.raises(ValueError, match='quadrature'):
+    _ = targets.xy_model(4, 1.).log_normalizer
+  with pytest.raises(ValueError, match='event size'):
+    targets.xy_model(4, 1.).energy(tf.zeros([3, 15]))
+
+
+# -- potentials ----------------------------------------------------------------
+
+
+def test_conv_potentials_are_invariant():
+  rng = np.random.default_rng(1)
+  l = 6
+  psi = _xy_psi(l)
+  theta = rng.uniform(0, 2 * np.pi, (5, l, l))
+  base = psi(tf.constant(theta.reshape(5, -1))).numpy()
+  shifted = psi(tf.constant((theta + 1.234).reshape(5, -1))).numpy()
+  translated = psi(tf.constant(
+      np.roll(theta, (2, -1), axis=(1, 2)).reshape(5, -1))).numpy()
+  np.testing.assert_allclose(shifted, base, rtol=1e-12)
+  np.testing.assert_allclose(translated, base, rtol=1e-12)
+
+  psi3 = _o3_psi(l)
+  s = rng.normal(size=(5, l, l, 3))
+  s /= np.linalg.norm(s, axis=-1, keepdims=True)
+  base = psi3(tf.constant(s.reshape(5, -1))).numpy()
+  rotated = psi3(tf.constant((s @ _random_rotation(rng).T).reshape(5, -1)))
+  translated = psi3(tf.constant(
+      np.roll(s, (1, 3), axis=(1, 2)).reshape(5, -1)))
+  np.testing.assert_allclose(rotated, base, rtol=1e-11)
+  np.testing.assert_allclose(translated, base, rtol=1e-11)
+  # Not invariant under arbitrary site permutations: the test can fail.
+  perm = rng.permutation(l * l)
+  assert np.abs(psi(tf.constant(theta.reshape(5, -1)[:, perm])).numpy()
+                - psi(tf.constant(theta.reshape(5, -1))).numpy()).max() > 1e-6
+
+
+def test_conv_potential_hessian_bound_and_certification():
+  rng = np.random.default_rng(2)
+  l = 4
+  y = tf.constant(rng.uniform(0, 2 * np.pi, (32, l * l)))
+  psi = _xy_psi(l, scale=1.)
+  cert = _xy_psi(l, scale=50., certified=True)
+  hess = tf.function(_dense_hessian)
+  eig = np.abs(np.linalg.eigvalsh(hess(psi, y).numpy())).max()
+  assert 0.1 < eig <= float(psi.hessian_bound())
+  eig = np.abs(np.linalg.eigvalsh(hess(cert, y).numpy())).max()
+  assert eig <= 0.98
+  with pytest.raises(ValueError, match='spin'):
+    potentials.LatticeConvPotential(4, 'ising')
+  with pytest.raises(ValueError, match='XY'):
+    potentials.LatticeConvPotential(4, 'o3', certified=True)
+
+
+# -- matrix-free solve -----------------------------------------------------------
+
+
+def test_conjugate_gradient_solves_spd_and_flags_indefinite():
+  rng = np.random.default_rng(3)
+  a = rng.normal(size=(4, 6, 6))
+  spd = a @ np.transpose(a, (0, 2, 1)) + 0.5 * np.eye(6)
+  b = rng.normal(size=(4, 6))
+  matvec = lambda v: tf.linalg.matvec(tf.constant(spd), v)
+  r = matrix_free.conjugate_gradient(matvec, tf.constant(b), rtol=1e-12)
+  np.testing.assert_allclose(r.solution, np.linalg.solve(spd, b[..., None])[..., 0],
+                             rtol=1e-8)
+  assert bool(tf.reduce_all(r.positive))
+  indefinite = np.diag([1., -1., 2., 3., 4., 5.])[None].repeat(4, 0)
+  r = matrix_free.conjugate_gradient(
+      lambda v: tf.linalg.matvec(tf.constant(indefinite), v),
+      tf.constant(np.ones((4, 6))))
+  assert not bool(tf.reduce_any(r.positive))
+
+
+@pytest.mark.parametrize('model', [
+    'xy', pytest.param('o3', marks=pytest.mark.slow)])
+def test_matrix_free_forward_matches_dense_ircpm(model):
+  l = 2
+  if model == 'xy':
+    m, psi = M.Torus(4), _xy_psi(l, scale=0.3)
+  else:
+    m, psi = M.Product([M.Sphere(2)] * 4), _o3_psi(l, scale=0.3)
+  bij = ircpm.IRCPM(m, psi)
+  x = m.projx(m.uniform(tf.float64).sample(6, seed=(1, 2)))
+  variables = psi.trainable_variables
+
+  @tf.function
+  def run():
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch(x)
+      y_dense = bij.forward(x)
+      y_free = matrix_free.forward(m, psi, x)
+      loss_dense = tf.reduce_sum(tf.sin(3. * y_dense))
+      loss_free = tf.reduce_sum(tf.sin(3. * y_free))
+    return (y_dense, y_free, tape.gradient(loss_dense, [x] + list(variables)),
+            tape.gradient(loss_free, [x] + list(variables)))
+
+  y_dense, y_free, g_dense, g_free = run()
+  np.testing.assert_allclose(y_free, y_dense, atol=1e-10)
+  for a, b in zip(g_free, g_dense):
+    np.testing.assert_allclose(a, b, atol=1e-8)
+  # The solution satisfies the closed-form inverse.
+  np.testing.assert_allclose(m.logmap(x, bij.inverse(y_free)), 0., atol=1e-10)
+
+
+def test_xy_flow_is_equivariant_on_t64():
+  l = 8
+  m, psi = M.Torus(l * l), _xy_psi(l, scale=0.3)
+  rng = np.random.default_rng(4)
+  theta = rng.uniform(0, 2 * np.pi, (3, l, l))
+  forward = tf.function(lambda x: matrix_free.forward(m, psi, x))
+
+  def f(t):
+    return forward(tf.constant(t.reshape(3, -1))).numpy().reshape(3, l, l)
+
+  y = f(theta)
+  assert np.abs(m.logmap(theta.reshape(3, -1), y.reshape(3, -1))).max() > 1e-2
+  np.testing.assert_allclose(
+      m.logmap(tf.constant((y + 2.5).reshape(3, -1)),
+               tf.constant(f(theta + 2.5).reshape(3, -1))), 0., atol=1e-9)
+  np.testing.assert_allclose(
+      m.logmap(tf.constant(np.roll(y, (3, 5), (1, 2)).reshape(3, -1)),
+               tf.constant(f(np.roll(theta, (3, 5), (1, 2))).reshape(3, -1))),
+      0., atol=1e-9)
+
+
+@pytest.mark.slow
+def test_o3_flow_is_equivariant_on_s2_power_16():
+  l = 4
+  m = M.Product([M.Sphere(2)] * (l * l))
+  psi = _o3_psi(l, scale=0.3)
+  rng = np.random.default_rng(5)
+  s = rng.normal(size=(3, l, l, 3))
+  s /= np.linalg.norm(s, axis=-1, keepdims=True)
+  forward = tf.function(lambda x: matrix_free.forward(m, psi, x))
+
+  def f(t):
+    return forward(tf.constant(t.reshape(3, -1))).numpy().reshape(3, l, l, 3)
+
+  y = f(s)
+  assert np.abs(y - s).max() > 1e-2
+  rot = _random_rotation(rng)
+  np.testing.assert_allclose(f(s @ rot.T), y @ rot.T, atol=1e-9)
+  np.testing.assert_allclose(f(np.roll(s, (1, 2), (1, 2))),
+                             np.roll(y, (1, 2), (1, 2)), atol=1e-9)
+
+
+# -- stochastic log-det --------------------------------------------------------
+
+
+def _logdet_gradients(m, psi, x, probe_fn):
+  """(exact gradients, fn(seed) → surrogate gradients) of Σ ildj(f(x)) with
+  respect to x and ψ's variables (through the IFT solve too)."""
+  variables = list(psi.trainable_variables)
+  bij = ircpm.IRCPM(m, psi)
+
+  @tf.function
+  def exact():
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = matrix_free.forward(m, psi, x)
+      value = tf.reduce_sum(bij.inverse_log_det_jacobian(y, event_ndims=1))
+    return tape.gradient(value, [x] + variables)
+
+  @tf.function
+  def estimate(seed):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = matrix_free.forward(m, psi, x)
+      value = tf.reduce_sum(
+          logdet.logdet_surrogate(m, psi, y, probe_fn(y, seed)))
+    return tape.gradient(value, [x] + variables)
+
+  return exact(), estimate
+
+
+def test_surrogate_with_basis_probes_is_the_exact_gradient():
+  l = 2
+  d = l * l
+  m, psi = M.Torus(d), _xy_psi(l, scale=0.3)
+  x = m.uniform(tf.float64).sample(4, seed=(3, 4))
+  basis = lambda y, seed: float(d) * tf.broadcast_to(
+      tf.eye(d, dtype=y.dtype)[:, None], [d, 4, d])
+  exact, estimate_fn = _logdet_gradients(m, psi, x, basis)
+  estimate = estimate_fn(tf.constant([0, 0]))
+  # d · mean over the d basis probes = Σₖ eₖᵀJ⁻¹∂J eₖ = tr J⁻¹∂J.
+  for a, b in zip(estimate, exact):
+    np.testing.assert_allclose(a / d, b, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_surrogate_gradient_is_unbiased_with_rademacher_probes():
+  l = 2
+  m, psi = M.Torus(4), _xy_psi(l, scale=0.4, seed=3)
+  x = m.uniform(tf.float64).sample(3, seed=(5, 6))
+  probes = lambda y, seed: logdet.rademacher_probes(16, tf.shape(y), y.dtype,
+                                                    seed)
+  exact, estimate = _logdet_gradients(m, psi, x, probes)
+  runs = [estimate(tf.constant([i, 1])) for i in range(30)]
+  for k in (0, 1, 3):  # x, a kernel, the readout
+    samples = np.stack([r[k].numpy() for r in runs])
+    mean = samples.mean(0)
+    stderr = samples.std(0, ddof=1) / np.sqrt(len(samples)) + 1e-12
+    z = np.abs(mean - exact[k].numpy()) / stderr
+    assert z.max() < 5., (k, z.max())
+    # A single probe set is noisy (the test has power).
+    assert np.abs(samples[0] - exact[k].numpy()).max() > 1e-4
+
+
+def test_estimator_choice_and_loss_hook():
+  assert logdet.choose_estimator(M.Torus(16)) == 'exact'
+  assert logdet.choose_estimator(M.Torus(64)) == 'stochastic'
+  assert logdet.choose_estimator(M.Sphere(2)) == 'exact'
+  with pytest.raises(ValueError, match='flat torus'):
+    logdet.choose_estimator(M.Sphere(2), 'stochastic')
+  with pytest.raises(ValueError, match='estimator'):
+    logdet.choose_estimator(M.Torus(4), 'hutch')
+  m = M.Torus(4)
+  psi = _xy_psi(2, scale=0.3)
+  q = tfd.TransformedDistribution(m.uniform(tf.float64),
+                                  tfb.Chain([ircpm.IRCPM(m, psi)]))
+  assert not logdet.uses_stochastic(q, 'auto')
+  assert logdet.uses_stochastic(q, 'stochastic')
+  assert not logdet.uses_stochastic(m.uniform(), 'auto')
+  with pytest.raises(ValueError):
+    logdet.uses_stochastic(m.uniform(), 'stochastic')
+  # Exact matrix-free log q equals TFP's log_prob through the dense path.
+  y, log_q = tf.function(lambda: logdet.sample_and_log_prob(
+      q, 4, (7, 8), 'exact'))()
+  np.testing.assert_allclose(log_q, q.log_prob(y), atol=1e-8)
+  # The training hook: stochastic value leaves the log-dets out.
+  target = targets.xy_model(2, 0.5)
+  value = training.reverse_kl_loss(q, target, 4, seed=(7, 8),
+                                   logdet='stochastic')
+  base = q.distribution.log_prob(y)
+  np.testing.assert_allclose(
+      value, tf.reduce_mean(base + target.energy(y)), atol=1e-8)
+
+
+def test_min_eigenvalue_estimate():
+  l = 3
+  m, psi = M.Torus(l * l), _xy_psi(l, scale=1.)
+  y = m.uniform(tf.float64).sample(5, seed=(1, 1))
+  exact = np.linalg.eigvalsh(_dense_hessian(psi, y).numpy())[:, 0]
+  estimate = logdet.min_eigenvalue(m, psi, y, iterations=200).numpy()
+  assert np.all(estimate >= exact - 1e-9)   # a Rayleigh quotient
+  np.testing.assert_allclose(estimate, exact, atol=1e-2)
+
+
+# -- MCMC -------------------------------------------------------------------------
+
+
+def test_heat_bath_matches_exact_xy_two_by_two():
+  target = targets.xy_model(2, 0.9)
+  points, weights = targets.torus_grid(24, 4)
+  x = tf.constant(points)
+  log_w = -target.energy(x).numpy()
+  p = weights * np.exp(log_w - log_w.max())
+  p /= p.sum()
+  energy = float((p * target.energy_per_site(x).numpy()).sum())
+  m = target.magnetisation(x).numpy()
+  chi = float((p * (m ** 2).sum(-1)).sum() / 4)
+  run = mcmc.heat_bath(target, num_chains=64, num_sweeps=250, burn_in=50,
+                       seed=3)
+  e, c = mcmc.summarize(run['energy_per_site']), mcmc.summarize(
+      run['m2_per_site'])
+  assert abs(e['mean'] - energy) < 5 * e['stderr']
+  assert abs(c['mean'] - chi) < 5 * c['stderr']
+  assert e['stderr'] < 0.02
+
+
+def test_heat_bath_matches_exact_o3_ring():
+  # L = 2 is a 4-ring with coupling K = 2β; with i_l(K) = ½∫e^{Kt}P_l(t)dt,
+  # Z ∝ Σ_l (2l+1) i_l⁴ and ⟨Σ_ring s·s⟩ = ∂_K log Z.
+  beta = 0.5
+  k = 2 * beta
+  t, w = np.polynomial.legendre.leggauss(100)
+  legendre = [np.polynomial.legendre.Legendre.basis(l)(t) for l in range(25)]
+  i_l = np.array([0.5 * np.sum(w * np.exp(k * t) * p) for p in legendre])
+  di_l = np.array([0.5 * np.sum(w * t * np.exp(k * t) * p) for p in legendre])
+  deg = 2 * np.arange(25) + 1
+  ring = np.sum(deg * 4 * i_l ** 3 * di_l) / np.sum(deg * i_l ** 4)
+  exact = -2. * ring / 4.          # every ring bond is two lattice bonds
+  run = mcmc.heat_bath(targets.o3_model(2, beta), num_chains=64,
+                       num_sweeps=250, burn_in=50, seed=4)
+  e = mcmc.summarize(run['energy_per_site'])
+  assert abs(e['mean'] - exact) < 5 * e['stderr']
+  with pytest.raises(ValueError, match='even'):
+    mcmc.heat_bath(targets.xy_model(3, 1.), 2, 3, 1)

@@ -1,0 +1,287 @@
+"""Stochastic log-det gradients for training IRCPMs on high-dimensional tori.
+
+On Tᵈ the inverse map is f⁻¹(y) = y + ∇ψ(y) (Sec. 4, flat metric), so
+J = J_{f⁻¹}(y) = I + Hess ψ(y): symmetric, and positive definite under the
+bounds of Lemmas 3-4. The exact log-det (Eq. 4) costs d reverse passes and an
+O(d³) factorisation per point. For training only its *gradient* is needed:
+
+    ∂ log det J = tr(J⁻¹ ∂J) = E_v[vᵀ J⁻¹ ∂J v]      (Hutchinson, E vvᵀ = I)
+
+so with u = J⁻¹v from conjugate gradients on Hessian-vector products, held
+constant, the surrogate s = uᵀ(J v) has E ∇s = ∇ log det J (the estimator of
+convex potential flows, Huang et al. 2021). J v is differentiated through ψ's
+variables and through y, which carries the implicit-function-theorem
+gradients of the solve (`matrix_free.forward`). The surrogate's value is
+s − stop_gradient(s) = 0: the loss it enters has the right gradient in
+expectation, not the right value. Evaluation (ESS, KL) keeps exact log-dets.
+
+`reverse_kl_loss` trains a `TransformedDistribution` of IRCPMs this way, with
+the estimator chosen by argument: 'exact', 'stochastic', or 'auto' (stochastic
+on tori of dimension above `AUTO_EXACT_MAX_DIM`, exact otherwise).
+"""
+
+from typing import List, Optional, Tuple
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+# Public TF has no way to pause every active tape; GradientTape.stop_recording
+# uses this same context for its own tape.
+from tensorflow.python.eager import record  # pylint: disable=g-direct-tensorflow-import
+
+from tensorflow_probability.python.bijectors import chain as chain_lib
+from tensorflow_probability.python.distributions import transformed_distribution as transformed_lib
+
+from tfp_ircpm import matrix_free
+from tfp_ircpm import solvers
+from tfp_ircpm.bijectors import ircpm as ircpm_lib
+from tfp_ircpm.manifolds import base
+from tfp_ircpm.manifolds import torus as torus_lib
+
+tfd = tfp.distributions
+tfb = tfp.bijectors
+
+ESTIMATORS = ('auto', 'exact', 'stochastic')
+# Exact log-dets cost one reverse pass per dimension; up to here that is
+# cheaper than a CG solve per probe and gives the exact gradient.
+AUTO_EXACT_MAX_DIM = 16
+
+
+def choose_estimator(manifold: base.Manifold, estimator: str = 'auto') -> str:
+  """'exact' or 'stochastic' for `manifold`; validates the choice."""
+  if estimator not in ESTIMATORS:
+    raise ValueError(f'estimator must be one of {ESTIMATORS}, got '
+                     f'{estimator!r}.')
+  flat = isinstance(manifold, torus_lib.Torus)
+  if estimator == 'auto':
+    return 'stochastic' if flat and manifold.dim > AUTO_EXACT_MAX_DIM else (
+        'exact')
+  if estimator == 'stochastic' and not flat:
+    raise ValueError(
+        f'The stochastic log-det needs a symmetric J_(f^-1) = I + Hess psi, '
+        f'i.e. a flat torus; got {manifold!r}. Use estimator="exact".')
+  return estimator
+
+
+def rademacher_probes(num_probes: int, shape, dtype, seed) -> tf.Tensor:
+  """±1 probes [num_probes, *shape] (E vvᵀ = I)."""
+  shape = tf.concat([[num_probes], shape], 0)
+  return tfp.random.rademacher(shape, dtype=dtype, seed=seed)
+
+
+def jacobian_vector_product(potential, y: tf.Tensor, v: tf.Tensor) -> tf.Tensor:
+  """(I + Hess ψ(y)) v for y, v [N, d]; differentiable in y and ψ (tapes)."""
+  with tf.GradientTape() as outer:
+    outer.watch(y)
+    with tf.GradientTape() as inner:
+      inner.watch(y)
+      psi = solvers.call_potential(potential, y)
+    g = inner.gradient(psi, y,
+                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    gv = tf.reduce_sum(g * v, axis=-1)
+  hv = outer.gradient(gv, y, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  return v + hv
+
+
+def logdet_surrogate(manifold: base.Manifold, potential, y: tf.Tensor,
+                     probes: tf.Tensor, cg_rtol: Optional[float] = None,
+                     cg_max_iterations: int = 100) -> tf.Tensor:
+  """Zero-valued s with E_v ∇s = ∇ log det(I + Hess ψ(y)), shape [N].
+
+  Args:
+    manifold: a `Torus`.
+    potential: ψ.
+    y: points [N, d], may carry gradients (e.g. from `matrix_free.forward`).
+    probes: [P, N, d] with E vvᵀ = I (`rademacher_probes`); with the P = d
+      basis vectors eₖ the sum over probes (= P × the returned mean) is the
+      exact gradient.
+    cg_rtol: CG relative tolerance (default 1e-5 in float32, 1e-10 in
+      float64); the estimator is unbiased up to the CG error.
+    cg_max_iterations: CG cap.
+
+  Returns:
+    [N] tensor: mean over probes of uᵀJv − stop_gradient(uᵀJv).
+  """
+  choose_estimator(manifold, 'stochastic')
+  y = tf.convert_to_tensor(y)
+  probes = tf.cast(probes, y.dtype)
+  num_probes = tf.shape(probes)[0]
+  d = manifold.dim
+  y_rep = tf.reshape(tf.tile(y[tf.newaxis], [num_probes, 1, 1]), [-1, d])
+  v = tf.reshape(probes, [-1, d])
+  rtol = cg_rtol if cg_rtol is not None else (
+      1e-5 if y.dtype == tf.float32 else 1e-10)
+  y_stop = tf.stop_gradient(y_rep)
+
+  def cg_solve(rhs):
+    return matrix_free.conjugate_gradient(
+        matrix_free.hvp(manifold, potential, y_stop, y_stop), rhs, rtol=rtol,
+        max_iterations=cg_max_iterations).solution
+
+  with record.stop_recording():
+    # J is symmetric, so uᵀ = vᵀJ⁻¹ is a plain solve.
+    u = (tf.function(cg_solve)(v) if tf.executing_eagerly() else cg_solve(v))
+  u = tf.stop_gradient(u)
+  s = tf.reduce_sum(u * jacobian_vector_product(potential, y_rep, v), -1)
+  s = tf.reduce_mean(tf.reshape(s, [num_probes, -1]), axis=0)
+  return s - tf.stop_gradient(s)
+
+
+def flow_layers(q: tfd.TransformedDistribution
+                ) -> Tuple[tfd.Distribution, List[ircpm_lib.IRCPM]]:
+  """(base, IRCPMs in application order) of q = base pushed by IRCPMs.
+
+  Accepts an `IRCPM`, or a `tfb.Chain` (any depth) of them; anything else
+  is a ValueError.
+  """
+  # tfd.TransformedDistribution / tfb.Chain build instances of their private
+  # non-composite bases when a part is not a CompositeTensor (IRCPMs are not).
+  if not isinstance(q, transformed_lib._TransformedDistribution):  # pylint: disable=protected-access
+    raise ValueError(f'Need a TransformedDistribution of IRCPMs, got {q!r}.')
+
+  def walk(b):
+    if isinstance(b, ircpm_lib.IRCPM):
+      return [b]
+    if isinstance(b, chain_lib._Chain):  # pylint: disable=protected-access
+      return [l for part in reversed(b.bijectors) for l in walk(part)]
+    raise ValueError(f'Only IRCPMs and Chains of them are supported; got {b!r}.')
+
+  return q.distribution, walk(q.bijector)
+
+
+def sample_and_log_prob(q: tfd.TransformedDistribution, n: int, seed=None,
+                        estimator: str = 'exact', num_probes: int = 1,
+                        return_layer_points: bool = False,
+                        return_converged: bool = False):
+  """y ~ q [n, ambient] and log q(y) [n], solves by `matrix_free.forward`.
+
+  With estimator 'exact', log q is exact (Eq. 4 via each layer's
+  `inverse_log_det_jacobian`); with 'stochastic' the log-det terms are the
+  zero-valued surrogates of `logdet_surrogate` (right gradient in
+  expectation, value log base(x) only). Points whose solve did not converge
+  are NaN, unless `return_converged`: then they are kept (finite, not
+  solutions) and a [n] bool mask of the points whose every solve converged
+  is returned as well, so a training loss can drop them instead of taking
+  NaN gradients. With `return_layer_points`, also returns the list of each
+  layer's output points (for `min_eigenvalue_penalty`).
+  """
+  base_dist, layers = flow_layers(q)
+  manifold = layers[0].manifold
+  estimator = choose_estimator(manifold, estimator)
+  base_seed, probe_seed = tfp.random.split_seed(seed if seed is not None
+                                                else 0)
+  x = base_dist.sample(n, seed=base_seed)
+  log_q = base_dist.log_prob(x)
+  y = x
+  probe_seeds = tfp.random.split_seed(probe_seed, n=len(layers))
+  points = []
+  converged = tf.ones(tf.shape(x)[:1], tf.bool)
+  for i, layer in enumerate(layers):
+    y, ok = matrix_free.forward(
+        layer.manifold, layer.potential, y,
+        tolerance=layer._tolerance,  # pylint: disable=protected-access
+        nonconvergence='ignore' if return_converged else 'nan',
+        return_converged=True)
+    converged &= ok
+    points.append(y)
+    if estimator == 'exact':
+      log_q += layer.inverse_log_det_jacobian(y, event_ndims=1)
+    else:
+      probes = rademacher_probes(num_probes, tf.shape(y), y.dtype,
+                                 probe_seeds[i])
+      log_q += logdet_surrogate(layer.manifold, layer.potential, y, probes)
+  out = (y, log_q)
+  if return_layer_points:
+    out += (points,)
+  if return_converged:
+    out += (converged,)
+  return out
+
+
+def min_eigenvalue(manifold: base.Manifold, potential, y: tf.Tensor,
+                   iterations: int = 20,
+                   shift: float = 3., seed=None) -> tf.Tensor:
+  """Differentiable estimate of λ_min(Hess ψ(y)) on a torus, [N].
+
+  Power iteration on shift·I − Hess ψ (its top eigenvector is Hess ψ's
+  bottom one while λ_max − λ_min < 2 shift) from a random start, then the
+  Rayleigh quotient uᵀ Hess ψ u with u held fixed: its gradient is
+  ∇λ_min at convergence (Hellmann-Feynman). A Rayleigh quotient never lies
+  below λ_min, so a short iteration *under*-reports violations.
+  """
+  y = tf.convert_to_tensor(y)
+  y_stop = tf.stop_gradient(y)
+
+  choose_estimator(manifold, 'stochastic')  # a torus
+  # Symbolic HVPs: tapes are paused for the iteration.
+  jvp = matrix_free.hvp(manifold, potential, y_stop, y_stop)
+
+  def power(u0):
+    def body(i, u):
+      hu = jvp(u) - u
+      u = shift * u - hu
+      return i + 1, u / tf.norm(u, axis=-1, keepdims=True)
+    return tf.while_loop(lambda i, u: i < iterations, body,
+                         (tf.constant(0), u0))[1]
+
+  u0 = tf.random.stateless_normal(tf.shape(y), seed if seed is not None
+                                  else (0, 0), dtype=y.dtype)
+  u0 /= tf.norm(u0, axis=-1, keepdims=True)
+  with record.stop_recording():
+    u = tf.function(power)(u0) if tf.executing_eagerly() else power(u0)
+  u = tf.stop_gradient(u)
+  hu = jacobian_vector_product(potential, y, u) - u
+  return tf.reduce_sum(u * hu, axis=-1)
+
+
+def min_eigenvalue_penalty(layers: List[ircpm_lib.IRCPM], points,
+                           floor: float = 0.2, iterations: int = 20,
+                           seed=None) -> tf.Tensor:
+  """Σ_layers mean_points relu(floor − λ_min(I + Hess ψ)).
+
+  A soft guard, not a certificate: it keeps J_{f⁻¹} = I + Hess ψ positive
+  definite where the samples are (reverse KL otherwise drives λ_min to 0 in
+  the regions the flow expands, where samples are rare, and the map stops
+  being a diffeomorphism).
+  """
+  seeds = tfp.random.split_seed(seed if seed is not None else 0,
+                                n=len(layers))
+  total = 0.
+  for i, (layer, y) in enumerate(zip(layers, points)):
+    lam = 1. + min_eigenvalue(layer.manifold, layer.potential, y, iterations,
+                              seed=seeds[i])
+    total += tf.reduce_mean(tf.nn.relu(floor - lam))
+  return total
+
+
+def reverse_kl_loss(q: tfd.TransformedDistribution, target, batch_size: int,
+                    seed=None, estimator: str = 'auto',
+                    num_probes: int = 1) -> tf.Tensor:
+  """mean_{y~q}[log q(y) − log p̃(y)] (Eq. 9) with matrix-free solves.
+
+  With the stochastic estimator the returned value omits the log-det terms
+  (they are zero-valued surrogates) but its gradient is unbiased for the
+  gradient of the reverse KL; use exact evaluation for the KL itself.
+  """
+  y, log_q = sample_and_log_prob(q, batch_size, seed, estimator, num_probes)
+  return tf.reduce_mean(log_q - tf.cast(target.unnormalized_log_prob(y),
+                                        log_q.dtype))
+
+
+def uses_stochastic(q: tfd.Distribution, estimator: str = 'auto') -> bool:
+  """Whether `estimator` resolves to the stochastic log-det for q.
+
+  'auto' is stochastic only for IRCPM flows on tori of dimension above
+  `AUTO_EXACT_MAX_DIM`; 'stochastic' on anything else is a ValueError.
+  """
+  if estimator not in ESTIMATORS:
+    raise ValueError(f'estimator must be one of {ESTIMATORS}, got '
+                     f'{estimator!r}.')
+  if estimator == 'exact':
+    return False
+  try:
+    _, layers = flow_layers(q)
+  except ValueError:
+    if estimator == 'stochastic':
+      raise
+    return False
+  return choose_estimator(layers[0].manifold, estimator) == 'stochastic'
