@@ -12,7 +12,7 @@ as it can. Sections:
    with mean/max solver iterations.
 3. train: one reverse-KL step (Eq. 9) with IFT gradients against backprop
    through K unrolled descent steps (the paper), K = 10, 30, 100: time and
-   peak resident memory (VmHWM, reset through /proc/self/clear_refs).
+   peak memory (TF's CPU allocator statistics).
 4. xla: `jit_compile=True` against plain `tf.function`.
 5. time to quality: read from `benchmarks/time_to_quality.json` (written by
    `python -m benchmarks.time_to_quality`), or run with --time_to_quality.
@@ -92,11 +92,21 @@ def _vm_kib(field: str) -> Optional[int]:
 
 
 def peak_memory_mib(fn: Callable[[], object]) -> Optional[float]:
-  """Peak resident memory above the resident baseline during fn(), in MiB.
+  """Peak memory above the baseline while fn() runs, in MiB.
 
-  Resets the kernel's high-water mark (VmHWM) first; None where /proc does
-  not allow it. fn must already be traced, so tracing is not counted.
+  TF's CPU allocator statistics (peak minus current before the call) when
+  available, else the kernel's resident high-water mark (VmHWM, reset
+  through /proc/self/clear_refs), which undercounts memory that the
+  allocator reuses. fn must already be traced, so tracing is not counted.
   """
+  try:
+    tf.config.experimental.reset_memory_stats('CPU:0')
+    base = tf.config.experimental.get_memory_info('CPU:0')['current']
+    _block(fn())
+    peak = tf.config.experimental.get_memory_info('CPU:0')['peak']
+    return (peak - base) / 2**20
+  except (ValueError, RuntimeError, tf.errors.OpError):
+    pass
   try:
     with open('/proc/self/clear_refs', 'w') as f:
       f.write('5')
@@ -273,7 +283,7 @@ def train_section(iterations, batch, repeats) -> List[Dict]:
   return [dict(rows=rows, newton_ift=newton, target_speedup_at_30=3.0)]
 
 
-def xla_section(points, batch, repeats, include_train=True) -> List[Dict]:
+def xla_section(points, batch, repeats, quick=False) -> List[Dict]:
   """Plain tf.function against jit_compile=True; failures are reported."""
   m = ircpm.manifolds.Sphere(2)
   target = targets_lib.sphere_four_modes()
@@ -287,7 +297,9 @@ def xla_section(points, batch, repeats, include_train=True) -> List[Dict]:
           jit_compile=jit),
   }
   args = {'log_prob': y, 'sample_and_log_prob': seed}
-  if include_train:
+  if quick:  # compiling the solve takes tens of seconds
+    del fns['sample_and_log_prob']
+  else:
     fns['train_step'] = lambda jit: _train_step_fn(
         q, q.bijector, target, batch, None, jit_compile=jit)
     args['train_step'] = seed
@@ -324,7 +336,8 @@ def quality_section(run: bool, quick: bool) -> List[Dict]:
   return []
 
 
-def _fit_exponent(dims, seconds) -> Optional[float]:
+def fit_exponent(dims, seconds) -> Optional[float]:
+  """Slope of log seconds against log d over d >= 8 (None: too few)."""
   pairs = [(d, s) for d, s in zip(dims, seconds) if d >= 8 and s]
   if len(pairs) < 2:
     return None
@@ -359,9 +372,9 @@ def scaling_section(dims, sample_dims, points, repeats) -> List[Dict]:
       series['sample_s'].append(t_s)
       # The share of log_prob beyond the closed-form inverse: the log-det.
       series['logdet_share'].append(max(0., 1. - t_inv / t_lp))
-    series['log_prob_exponent'] = _fit_exponent(series['dims'],
+    series['log_prob_exponent'] = fit_exponent(series['dims'],
                                                 series['log_prob_s'])
-    series['sample_exponent'] = _fit_exponent(series['dims'],
+    series['sample_exponent'] = fit_exponent(series['dims'],
                                               series['sample_s'])
     rows.append(series)
   return rows
@@ -404,7 +417,8 @@ def print_tables(results: Dict):
           f"{[round(s, 2) for s in r['logdet_share']]}")
 
 
-def run(quick: bool, repeats: int, sections, time_to_quality=False) -> Dict:
+def run(quick: bool, repeats: int, sections, time_to_quality=False,
+        output: Optional[str] = None) -> Dict:
   results = dict(
       machine=dict(platform=platform.platform(), cpus=os.cpu_count(),
                    tensorflow=tf.__version__, load_before=_load()),
@@ -413,40 +427,57 @@ def run(quick: bool, repeats: int, sections, time_to_quality=False) -> Dict:
   if 'floor' in sections:
     results['floor'] = floor_section(
         ['S2'] if quick else ['S2', 'T2'], 512 if quick else 4096, repeats)
+  dump = lambda: output and _write(results, output)
+  dump()
   if 'sample' in sections:
     results['sample'] = sample_section(
         ['S2'] if quick else ['S2', 'T2'], [0.3] if quick else [0.3, 1.5],
         512 if quick else 4096, repeats)
+  dump()
   if 'train' in sections:
     results['train'] = train_section([3] if quick else [10, 30, 100],
                                      64 if quick else 256, repeats)
+  dump()
   if 'xla' in sections:
     results['xla'] = xla_section(256 if quick else 4096, 256, repeats,
-                                 include_train=not quick)
+                                 quick=quick)
+  dump()
   if 'quality' in sections:
     results['quality'] = quality_section(time_to_quality, quick)
+  dump()
   if 'scaling' in sections:
     dims = [2, 4] if quick else [2, 4, 8, 16, 32, 64, 128, 256]
     results['scaling'] = scaling_section(
-        dims, dims if quick else [2, 4, 8, 16, 32], 64 if quick else 256,
+        dims, [] if quick else [2, 4, 8, 16, 32, 64], 64 if quick else 256,
         repeats)
   results['machine']['load_after'] = _load()
   results['seconds'] = time.time() - start
   return results
 
 
-def main(_):
-  sections = [s for s in FLAGS.sections.split(',') if s]
-  unknown = set(sections) - set(SECTIONS)
-  if unknown:
-    raise ValueError(f'unknown sections {sorted(unknown)}; pick from '
-                     f'{SECTIONS}')
-  repeats = min(FLAGS.repeats, 3) if FLAGS.quick else FLAGS.repeats
-  results = run(FLAGS.quick, repeats, sections, FLAGS.time_to_quality)
-  print_tables(results)
-  os.makedirs(os.path.dirname(FLAGS.output) or '.', exist_ok=True)
-  with open(FLAGS.output, 'w') as f:
+def _write(results: Dict, path: str):
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path, 'w') as f:
     json.dump(results, f, indent=2)
+
+
+def parse_sections(spec: str) -> List[str]:
+  """'floor,train' → ['floor', 'train']; unknown names are an error."""
+  sections = [s.strip() for s in spec.split(',') if s.strip()]
+  unknown = set(sections) - set(SECTIONS)
+  if unknown or not sections:
+    raise ValueError(f'unknown sections {sorted(unknown)} in {spec!r}; pick '
+                     f'one or more of {SECTIONS}')
+  return sections
+
+
+def main(_):
+  sections = parse_sections(FLAGS.sections)
+  repeats = min(FLAGS.repeats, 3) if FLAGS.quick else FLAGS.repeats
+  results = run(FLAGS.quick, repeats, sections, FLAGS.time_to_quality,
+                FLAGS.output)
+  print_tables(results)
+  _write(results, FLAGS.output)
   print(f"wrote {FLAGS.output} in {results['seconds']:.0f}s")
 
 
