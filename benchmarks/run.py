@@ -52,6 +52,11 @@ flags.DEFINE_string('output', 'benchmarks/results.json', 'JSON output path.')
 flags.DEFINE_bool('time_to_quality', False,
                   'Run the time-to-quality training (minutes) instead of '
                   'reading benchmarks/time_to_quality.json.')
+flags.DEFINE_list('scaling_dims', ['2', '4', '8', '16', '32', '64', '128',
+                                   '256'], 'Dimensions d for the scaling '
+                  'section (full mode).')
+flags.DEFINE_integer('scaling_sample_max', 64, 'Largest d at which the '
+                     'scaling section also times sample.')
 flags.DEFINE_string('sections', 'floor,sample,train,xla,quality,scaling',
                     'Comma-separated sections to run.')
 FLAGS = flags.FLAGS
@@ -345,12 +350,15 @@ def fit_exponent(dims, seconds) -> Optional[float]:
   return float(np.polyfit(d, s, 1)[0])
 
 
-def scaling_section(dims, sample_dims, points, repeats) -> List[Dict]:
+def scaling_section(dims, sample_dims, points, repeats,
+                    progress: Callable[[List[Dict]], None] = lambda r: None,
+                    ) -> List[Dict]:
   rows = []
   for family in ('T', 'S'):
     series = dict(family='T^d' if family == 'T' else '(S²)^k', points=points,
                   dims=[], log_prob_s=[], hessian_s=[], sample_s=[],
                   logdet_share=[])
+    rows.append(series)
     for d in dims:
       m = _manifold(f'{family}{d}')
       psi, bij, q = _model(m, hidden=(128, 128), scale=0.3)
@@ -372,11 +380,11 @@ def scaling_section(dims, sample_dims, points, repeats) -> List[Dict]:
       series['sample_s'].append(t_s)
       # The share of log_prob beyond the closed-form inverse: the log-det.
       series['logdet_share'].append(max(0., 1. - t_inv / t_lp))
+      progress(rows)  # large d take minutes; keep what is done
     series['log_prob_exponent'] = fit_exponent(series['dims'],
                                                 series['log_prob_s'])
     series['sample_exponent'] = fit_exponent(series['dims'],
                                               series['sample_s'])
-    rows.append(series)
   return rows
 
 
@@ -418,7 +426,9 @@ def print_tables(results: Dict):
 
 
 def run(quick: bool, repeats: int, sections, time_to_quality=False,
-        output: Optional[str] = None) -> Dict:
+        output: Optional[str] = None,
+        scaling_dims=(2, 4, 8, 16, 32, 64, 128, 256),
+        scaling_sample_max: int = 64) -> Dict:
   results = dict(
       machine=dict(platform=platform.platform(), cpus=os.cpu_count(),
                    tensorflow=tf.__version__, load_before=_load()),
@@ -427,7 +437,7 @@ def run(quick: bool, repeats: int, sections, time_to_quality=False,
   if 'floor' in sections:
     results['floor'] = floor_section(
         ['S2'] if quick else ['S2', 'T2'], 512 if quick else 4096, repeats)
-  dump = lambda: output and _write(results, output)
+  dump = lambda *_: output and _write(results, output)
   dump()
   if 'sample' in sections:
     results['sample'] = sample_section(
@@ -436,7 +446,8 @@ def run(quick: bool, repeats: int, sections, time_to_quality=False,
   dump()
   if 'train' in sections:
     results['train'] = train_section([3] if quick else [10, 30, 100],
-                                     64 if quick else 256, repeats)
+                                     64 if quick else 256, repeats,
+        lambda rows: dump(results.update(scaling=rows)))
   dump()
   if 'xla' in sections:
     results['xla'] = xla_section(256 if quick else 4096, 256, repeats,
@@ -446,10 +457,11 @@ def run(quick: bool, repeats: int, sections, time_to_quality=False,
     results['quality'] = quality_section(time_to_quality, quick)
   dump()
   if 'scaling' in sections:
-    dims = [2, 4] if quick else [2, 4, 8, 16, 32, 64, 128, 256]
+    dims = [2, 4] if quick else scaling_dims
     results['scaling'] = scaling_section(
-        dims, [] if quick else [2, 4, 8, 16, 32, 64], 64 if quick else 256,
-        repeats)
+        dims, [] if quick else [d for d in dims if d <= scaling_sample_max],
+        64 if quick else 256, repeats,
+        lambda rows: dump(results.update(scaling=rows)))
   results['machine']['load_after'] = _load()
   results['seconds'] = time.time() - start
   return results
@@ -475,7 +487,8 @@ def main(_):
   sections = parse_sections(FLAGS.sections)
   repeats = min(FLAGS.repeats, 3) if FLAGS.quick else FLAGS.repeats
   results = run(FLAGS.quick, repeats, sections, FLAGS.time_to_quality,
-                FLAGS.output)
+                FLAGS.output, [int(d) for d in FLAGS.scaling_dims],
+                FLAGS.scaling_sample_max)
   print_tables(results)
   _write(results, FLAGS.output)
   print(f"wrote {FLAGS.output} in {results['seconds']:.0f}s")
