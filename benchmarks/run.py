@@ -57,6 +57,8 @@ flags.DEFINE_list('scaling_dims', ['2', '4', '8', '16', '32', '64', '128',
                   'section (full mode).')
 flags.DEFINE_integer('scaling_sample_max', 64, 'Largest d at which the '
                      'scaling section also times sample.')
+flags.DEFINE_list('train_iterations', ['10', '30', '100'], 'Solver '
+                  'iterations K of the train section (full mode).')
 flags.DEFINE_string('sections', 'floor,sample,train,xla,quality,scaling',
                     'Comma-separated sections to run.')
 FLAGS = flags.FLAGS
@@ -428,7 +430,8 @@ def print_tables(results: Dict):
 def run(quick: bool, repeats: int, sections, time_to_quality=False,
         output: Optional[str] = None,
         scaling_dims=(2, 4, 8, 16, 32, 64, 128, 256),
-        scaling_sample_max: int = 64) -> Dict:
+        scaling_sample_max: int = 64,
+        train_iterations=(10, 30, 100)) -> Dict:
   results = dict(
       machine=dict(platform=platform.platform(), cpus=os.cpu_count(),
                    tensorflow=tf.__version__, load_before=_load()),
@@ -445,9 +448,8 @@ def run(quick: bool, repeats: int, sections, time_to_quality=False,
         512 if quick else 4096, repeats)
   dump()
   if 'train' in sections:
-    results['train'] = train_section([3] if quick else [10, 30, 100],
-                                     64 if quick else 256, repeats,
-        lambda rows: dump(results.update(scaling=rows)))
+    results['train'] = train_section([3] if quick else train_iterations,
+                                     64 if quick else 256, repeats)
   dump()
   if 'xla' in sections:
     results['xla'] = xla_section(256 if quick else 4096, 256, repeats,
@@ -488,7 +490,8 @@ def main(_):
   repeats = min(FLAGS.repeats, 3) if FLAGS.quick else FLAGS.repeats
   results = run(FLAGS.quick, repeats, sections, FLAGS.time_to_quality,
                 FLAGS.output, [int(d) for d in FLAGS.scaling_dims],
-                FLAGS.scaling_sample_max)
+                FLAGS.scaling_sample_max,
+                [int(k) for k in FLAGS.train_iterations])
   print_tables(results)
   _write(results, FLAGS.output)
   print(f"wrote {FLAGS.output} in {results['seconds']:.0f}s")
