@@ -62,6 +62,18 @@ class Manifold(abc.ABC):
     from tfp_ircpm.manifolds import _series  # pylint: disable=g-import-not-at-top
     return _series.safe_sqrt(self.sq_dist(x, y))
 
+  def log_det_dexp(self, x: tf.Tensor, y: tf.Tensor):
+    """log|det d(exp_y)| at v = log_y(x), shape [...], or None if unknown.
+
+    The Jacobian determinant of the exponential map between orthonormal
+    frames: it converts the Hessian of h(x, ·) at the c-transform's minimiser
+    into the log-det of f⁻¹ there (see `IRCPM`). Zero on flat manifolds,
+    (n - 1) log(sin r / r) with r = d(x, y) on Sⁿ (Jacobi fields of constant
+    curvature 1). Manifolds that do not know it return None.
+    """
+    del x, y
+    return None
+
   @abc.abstractmethod
   def proju(self, x: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
     """Orthogonal projection of an ambient vector u onto T_x M."""

@@ -70,6 +70,11 @@ class Product(base.Manifold):
   def sq_dist(self, x, y):
     return tf.add_n(self._map('sq_dist', x, y))
 
+  def log_det_dexp(self, x, y):
+    """Sum over the factors (exp is a product map); None if one is unknown."""
+    parts = self._map('log_det_dexp', x, y)
+    return None if any(p is None for p in parts) else tf.add_n(parts)
+
   def proju(self, x, u):
     return tf.concat(self._map('proju', x, u), axis=-1)
 

@@ -100,6 +100,11 @@ class Sphere(base.Manifold):
     far_val = tf.square(self._far_angle(w2_far))
     return tf.squeeze(tf.where(near, near_val, far_val), axis=-1)
 
+  def log_det_dexp(self, x, y):
+    """(n - 1) log(sin r / r), r = d(x, y); analytic in r² at r = 0."""
+    return (self._dim - 1) * tf.math.log(
+        _series.sinc_sqrt(self.sq_dist(x, y)))
+
   def proju(self, x, u):
     return u - _dot(x, u) * x
 
