@@ -18,7 +18,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
