@@ -27,7 +27,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # TF's default CPU allocator keeps no statistics for tf.function steps
@@ -82,6 +82,25 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     _block(fn())
     times.append(time.perf_counter() - start)
   return statistics.median(times)
+
+
+def interleaved_medians(fns: Sequence[Callable[[], object]],
+                        repeats: int) -> List[float]:
+  """Median wall times of several functions timed in turn, round by round.
+
+  On a shared machine the load drifts over seconds; timing the functions
+  alternately exposes them to the same load, so their ratio is steadier than
+  that of two back-to-back medians.
+  """
+  for fn in fns:
+    _block(fn())
+  times = [[] for _ in fns]
+  for _ in range(repeats):
+    for fn, bucket in zip(fns, times):
+      start = time.perf_counter()
+      _block(fn())
+      bucket.append(time.perf_counter() - start)
+  return [statistics.median(t) for t in times]
 
 
 def _block(out):
@@ -198,9 +217,9 @@ def floor_section(cases, points, repeats) -> List[Dict]:
     y = m.uniform().sample(points, seed=1)
     ambient, tangent = hessian_floor_fns(m, psi)
     log_prob = tf.function(q.log_prob)
-    t_amb = median_seconds(lambda: ambient(y), repeats)
-    t_tan = median_seconds(lambda: tangent(y), repeats)
-    t_lp = median_seconds(lambda: log_prob(y), repeats)
+    t_amb, t_tan, t_lp = interleaved_medians(
+        [lambda: ambient(y), lambda: tangent(y), lambda: log_prob(y)],
+        repeats)
     floor = min(t_amb, t_tan)
     rows.append(dict(manifold=name, points=points,
                      hessian_ambient_s=t_amb, hessian_tangent_s=t_tan,
@@ -222,8 +241,8 @@ def sample_section(cases, scales, points, repeats) -> List[Dict]:
         log_prob = tf.function(q.log_prob)
         sample = tf.function(
             lambda q=q: q.experimental_sample_and_log_prob(points, seed=(3, 4)))
-        t_lp = median_seconds(lambda: log_prob(y), repeats)
-        t_s = median_seconds(sample, repeats)
+        t_lp, t_s = interleaved_medians([lambda: log_prob(y), sample],
+                                        repeats)
         res = bij.solve(x)
         iters = tf.cast(res.iterations, tf.float32)
         row[method] = dict(sample_s=t_s, log_prob_s=t_lp, ratio=t_s / t_lp,

@@ -74,3 +74,17 @@ def fibonacci_sphere(n):
 def _seed():
   tf.random.set_seed(1234)
   np.random.seed(1234)
+
+
+@pytest.fixture
+def solve_calls(monkeypatch):
+  """A list that grows by one on every call of `solvers.solve` in the test."""
+  calls = []
+  original = ircpm.solvers.solve
+
+  def counting(*args, **kwargs):
+    calls.append(1)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(ircpm.solvers, 'solve', counting)
+  return calls

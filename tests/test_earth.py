@@ -30,15 +30,8 @@ def _vmf_data(n, seed, dtype=tf.float32):
       n, seed=(seed, 0)).numpy()
 
 
-def test_fit_nll_never_solves_and_its_density_integrates_to_one(monkeypatch):
-  calls = []
-  original = ircpm.solvers.solve
-
-  def counting(*args, **kwargs):
-    calls.append(1)
-    return original(*args, **kwargs)
-
-  monkeypatch.setattr(ircpm.solvers, 'solve', counting)
+def test_fit_nll_never_solves_and_its_density_integrates_to_one(solve_calls):
+  calls = solve_calls
   sphere = M.Sphere(2)
   q = training.ircpm_flow(sphere, 2, (16, 16), output_scale=0.1, seed=1,
                           shared=True)
@@ -80,15 +73,23 @@ def test_model_selection_restores_the_best_validation_checkpoint():
   assert fit['history'][int(np.argmin(vals))]['min_det'] > 0
 
 
-def test_fit_nll_stops_on_a_fold_and_keeps_the_last_valid_checkpoint():
-  # f⁻¹(y) = y − a sin y: q(y) = |1 − a cos y|/2π rewards a → ∞ on data
-  # near y = π, but det J_{f⁻¹}(0) = 1 − a < 0 once a > 1 (a fold).
+def _folding_flow():
+  """ψ = a cos on T¹, a = 0.2, and data near π.
+
+  f⁻¹(y) = y − a sin y: q(y) = |1 − a cos y|/2π rewards a → ∞ on data near
+  y = π, but det J_{f⁻¹}(0) = 1 − a < 0 once a > 1 (a fold).
+  """
   torus = M.Torus(1)
   a = tf.Variable(0.2, dtype=tf.float64)
   bij = ircpm.IRCPM(torus, lambda y: a * tf.cos(y[..., 0]),
                     nonconvergence='ignore')
   q = tfd.TransformedDistribution(torus.uniform(tf.float64), bij)
   pts = np.pi + 0.1 * np.random.default_rng(0).standard_normal([200, 1])
+  return q, a, pts
+
+
+def test_fit_nll_stops_on_a_fold_and_keeps_the_last_valid_checkpoint():
+  q, a, pts = _folding_flow()
   fit = training.fit_nll(q, pts, pts, steps=400, learning_rate=0.05,
                          decay=False, eval_every=5, patience=100,
                          validity_points=256, log_every=0, variables=[a])
@@ -98,12 +99,7 @@ def test_fit_nll_stops_on_a_fold_and_keeps_the_last_valid_checkpoint():
 
 
 def test_the_fold_barrier_keeps_the_map_a_diffeomorphism():
-  torus = M.Torus(1)
-  a = tf.Variable(0.2, dtype=tf.float64)
-  bij = ircpm.IRCPM(torus, lambda y: a * tf.cos(y[..., 0]),
-                    nonconvergence='ignore')
-  q = tfd.TransformedDistribution(torus.uniform(tf.float64), bij)
-  pts = np.pi + 0.1 * np.random.default_rng(0).standard_normal([200, 1])
+  q, a, pts = _folding_flow()
   fit = training.fit_nll(q, pts, pts, steps=150, learning_rate=0.05,
                          decay=False, eval_every=5, patience=100,
                          validity_points=256, log_every=0, variables=[a],
