@@ -161,6 +161,12 @@ def _symbolic_derivatives(manifold: base.Manifold, potential: Potential,
   return value, g, hess, frame
 
 
+def retract(manifold: base.Manifold, y: tf.Tensor, frame: tf.Tensor,
+            v: tf.Tensor) -> tf.Tensor:
+  """exp_y(E_y v) for frame coordinates v [N, dim], re-projected onto M."""
+  return manifold.projx(manifold.expmap(y, tf.linalg.matvec(frame, v)))
+
+
 def _gershgorin_shift(hess: tf.Tensor, floor: float) -> tf.Tensor:
   """hess + μI with μ >= 0 chosen so every Gershgorin disc sits above `floor`.
 
@@ -220,9 +226,6 @@ def _solve_graph(manifold, potential, x, method, tolerance, max_iterations):
   def derivatives(y):
     return _symbolic_derivatives(manifold, potential, x, y, newton)
 
-  def retract(y, frame, v):
-    return manifold.projx(manifold.expmap(y, tf.linalg.matvec(frame, v)))
-
   def newton_direction(g, hess):
     chol = tf.linalg.cholesky(_gershgorin_shift(hess, 1e-3))
     return -tf.linalg.cholesky_solve(chol, g[..., tf.newaxis])[..., 0]
@@ -245,16 +248,16 @@ def _solve_graph(manifold, potential, x, method, tolerance, max_iterations):
     """
     v = newton_direction(g, hess)
     slope = tf.reduce_sum(g * v, axis=-1)                       # < 0
-    y_full = retract(y, frame, v)
+    y_full = retract(manifold, y, frame, v)
     full = derivatives(y_full)
     accept = tf.logical_or(armijo_ok(full[0], value, slope, 1.), ~active)
 
     def backtrack():
       # Largest Armijo step among the shorter ones; if none qualifies take
       # the smallest. Points that accepted the full step keep it.
-      chosen = retract(y, frame, _STEP_SIZES[-1] * v)
+      chosen = retract(manifold, y, frame, _STEP_SIZES[-1] * v)
       for a in reversed(_STEP_SIZES[1:-1]):
-        yc = retract(y, frame, a * v)
+        yc = retract(manifold, y, frame, a * v)
         ok = armijo_ok(cost(manifold, potential, x, yc), value, slope, a)
         chosen = tf.where(ok[:, tf.newaxis], yc, chosen)
       chosen = tf.where(accept[:, tf.newaxis], y_full, chosen)
@@ -264,7 +267,7 @@ def _solve_graph(manifold, potential, x, method, tolerance, max_iterations):
                    backtrack)
 
   def gradient_step(y, g, frame):
-    return manifold.projx(manifold.expmap(y, -tf.linalg.matvec(frame, g)))
+    return retract(manifold, y, frame, -g)
 
   def residual_of(g):
     return tf.norm(g, axis=-1)
@@ -347,7 +350,7 @@ def implicit_step(manifold: base.Manifold, potential: Potential, x: tf.Tensor,
                                  with_hessian=False, frame=frame)
   rhs = g[..., tf.newaxis]
   w = -tf.linalg.solve(result.hessian, rhs)[..., 0]
-  return manifold.projx(manifold.expmap(y, tf.linalg.matvec(frame, w)))
+  return retract(manifold, y, frame, w)
 
 
 def unrolled_solve(manifold: base.Manifold, potential: Potential, x: tf.Tensor,
@@ -369,5 +372,5 @@ def unrolled_solve(manifold: base.Manifold, potential: Potential, x: tf.Tensor,
   for _ in range(int(iterations)):
     _, g, _, frame = local_derivatives(manifold, potential, x, y,
                                        with_hessian=False)
-    y = manifold.projx(manifold.expmap(y, -tf.linalg.matvec(frame, g)))
+    y = retract(manifold, y, frame, -g)
   return y

@@ -242,7 +242,7 @@ class IRCPM(tfb.Bijector):
 
     the second term being (n - 1) log(sin r / r) on Sⁿ and 0 on Tⁿ
     (`Manifold.log_det_dexp`). The solve returns H, so the value costs one
-    Cholesky factorisation instead of the dim reverse passes of the
+    dim × dim determinant instead of the dim reverse passes of the
     closed-form route; they agree to O(tolerance) (tested). |det| matches
     the closed-form route's convention.
 
@@ -252,9 +252,10 @@ class IRCPM(tfb.Bijector):
     callables, and batches where some solve failed (H is then not the
     Hessian at a minimiser), use the closed-form route.
     """
-    m = self._manifold
-    correction = m.log_det_dexp(x_flat, result.point)
-    if correction is None or not isinstance(self._potential, tf.Module):
+    if not isinstance(self._potential, tf.Module):
+      return None
+    correction = self._manifold.log_det_dexp(x_flat, result.point)
+    if correction is None:
       return None
     variables = tuple(self._potential.trainable_variables)
 
