@@ -1,6 +1,7 @@
 """Maximum-likelihood training on S²: no solves, exact densities, model
 selection, the fold guard, and the Earth example end to end."""
 
+import importlib.util
 import json
 import math
 import os
@@ -152,7 +153,12 @@ def test_earth_example_end_to_end_on_a_synthetic_file(tmp_path):
   assert result['test_nll'] < math.log(4 * math.pi) - 0.2   # learned
   assert result['diffeomorphism']['passed']
   assert 'test NLL' in log.stdout
-  assert (out / 'volcano_seed1.png').stat().st_size > 10000
+  # matplotlib is optional (not in setup.py): the example then skips the
+  # figure, and a clean CI install has none.
+  if importlib.util.find_spec('matplotlib') is not None:
+    assert (out / 'volcano_seed1.png').stat().st_size > 10000
+  else:
+    assert not (out / 'volcano_seed1.png').exists()
 
 
 @pytest.mark.slow
