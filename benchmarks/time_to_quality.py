@@ -53,8 +53,7 @@ def time_to_quality(steps: int, batch_size: int, learning_rate: float,
   sphere = target.manifold
   psi = ircpm.potentials.MLP(sphere, (hidden, hidden), output_scale=1 / 20,
                              seed=seed)
-  # 'ignore': the 'warn' policy's tf.print cannot compile under XLA.
-  bij = ircpm.IRCPM(sphere, psi, nonconvergence='ignore')
+  bij = ircpm.IRCPM(sphere, psi)
   q = tfd.TransformedDistribution(sphere.uniform(), tfb.Chain([bij] * stack))
   evals = []
   clock = dict(train=0., last=time.time())
