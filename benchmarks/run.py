@@ -360,8 +360,8 @@ def quality_section(run: bool, quick: bool) -> List[Dict]:
   if run:
     from benchmarks import time_to_quality  # pylint: disable=g-import-not-at-top
     return [time_to_quality.time_to_quality(
-        steps=1500, batch_size=256, learning_rate=5e-3, stack=3, hidden=128,
-        eval_every=250, eval_samples=20000, jit_compile=False, seed=0)]
+        steps=4000, batch_size=256, learning_rate=5e-3, stack=3, hidden=128,
+        eval_every=500, eval_samples=20000, jit_compile=True, seed=0)]
   if os.path.exists(TTQ_JSON) and not quick:
     with open(TTQ_JSON) as f:
       return [dict(json.load(f), source=TTQ_JSON)]
