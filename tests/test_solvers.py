@@ -170,3 +170,24 @@ def test_solve_in_tf_function_with_batch_shape():
   assert res.iterations.shape == (3, 5)
   assert res.hessian.shape == (3, 5, 2, 2)
   np.testing.assert_allclose(res.point, bij.solve(x).point, atol=1e-12)
+
+
+@pytest.mark.parametrize('n', [1, 2, 3, 4])
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_small_linear_solves_and_logdets_match_numpy(n, dtype):
+  """The closed forms (n <= 2) and factorisations behind Newton, the IFT
+  step and the log-det, on tangent-Hessian-like matrices: I + SSᵀ and I + S."""
+  from tfp_ircpm import _linalg  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(n)
+  s = 0.4 * rng.normal(size=(64, n, n))
+  m = (np.eye(n) + s @ np.swapaxes(s, -1, -2)).astype(dtype)  # SPD
+  general = (np.eye(n) + s).astype(dtype)
+  rhs = rng.normal(size=(64, n)).astype(dtype)
+  tol = 1e-4 if dtype == np.float32 else 1e-11
+  for mat, spd in ((m, True), (general, False)):
+    np.testing.assert_allclose(
+        _linalg.solve(tf.constant(mat), tf.constant(rhs),
+                      positive_definite=spd),
+        np.linalg.solve(mat, rhs[..., None])[..., 0], rtol=tol, atol=tol)
+    np.testing.assert_allclose(_linalg.logabsdet(tf.constant(mat)),
+                               np.linalg.slogdet(mat)[1], rtol=tol, atol=tol)

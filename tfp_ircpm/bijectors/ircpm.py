@@ -231,7 +231,8 @@ class IRCPM(tfb.Bijector):
     x_flat, shape = self._flatten_points(x)
     x_flat = self._manifold.projx(x_flat)
     result = self._solve_any_mode(x_flat)
-    y = solvers.implicit_step(self._manifold, self._potential, x_flat, result)
+    y = solvers.lazy_implicit_step(self._manifold, self._potential, x_flat,
+                                   result)
     y = self._handle_nonconvergence(y, result)
     ildj = self._solve_log_det(x_flat, y, result)
     attrs = None if ildj is None else {'ildj': tf.reshape(ildj, shape[:-1])}
