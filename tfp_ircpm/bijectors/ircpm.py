@@ -8,24 +8,17 @@ import tensorflow_probability as tfp
 # Public TF has no way to pause every active tape; GradientTape.stop_recording
 # uses this same context for its own tape.
 from tensorflow.python.eager import record  # pylint: disable=g-direct-tensorflow-import
-from tensorflow.python.ops import control_flow_util  # pylint: disable=g-direct-tensorflow-import
 from tensorflow_probability.python.internal import cache_util  # pylint: disable=g-direct-tensorflow-import
 
 from tfp_ircpm import _autodiff
 from tfp_ircpm import _linalg
+from tfp_ircpm import _xla
 from tfp_ircpm import solvers
 from tfp_ircpm.manifolds import base
 
 tfb = tfp.bijectors
 
 NONCONVERGENCE_POLICIES = ('warn', 'nan', 'ignore')
-
-
-def _in_xla_context() -> bool:
-  """True while tracing a function for XLA (`jit_compile=True`)."""
-  return (not tf.executing_eagerly() and
-          control_flow_util.GraphOrParentsInXlaContext(
-              tf.compat.v1.get_default_graph()))
 
 
 class IRCPM(tfb.Bijector):
@@ -293,7 +286,7 @@ class IRCPM(tfb.Bijector):
 
   def _handle_nonconvergence(self, y, result):
     worst = tf.reduce_max(result.residual)
-    if _in_xla_context() and (self.validate_args
+    if _xla.in_xla_context() and (self.validate_args
                               or self._nonconvergence == 'warn'):
       # XLA can neither print nor raise (tf2xla compiles Assert to a no-op),
       # so the failing points become NaN rather than pass silently.
@@ -346,7 +339,7 @@ class IRCPM(tfb.Bijector):
     instead of milliseconds). Inline, XLA compiles once; the grappler cost
     that the nested call avoids (see __init__) does not arise under XLA.
     """
-    if _in_xla_context():
+    if _xla.in_xla_context():
       return self._ildj_flat(y_flat)
     return self._ildj_fn(y_flat)
 
