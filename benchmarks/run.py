@@ -62,11 +62,13 @@ flags.DEFINE_integer('scaling_sample_max', 64, 'Largest d at which the '
                      'scaling section also times sample.')
 flags.DEFINE_list('train_iterations', ['10', '30', '100'], 'Solver '
                   'iterations K of the train section (full mode).')
-flags.DEFINE_string('sections', 'floor,sample,train,xla,quality,scaling',
+flags.DEFINE_string('sections',
+                    'floor,sample,profile,train,xla,quality,scaling',
                     'Comma-separated sections to run.')
 FLAGS = flags.FLAGS
 
-SECTIONS = ('floor', 'sample', 'train', 'xla', 'quality', 'scaling')
+SECTIONS = ('floor', 'sample', 'profile', 'train', 'xla', 'quality',
+            'scaling')
 TTQ_JSON = 'benchmarks/time_to_quality.json'
 
 
@@ -162,7 +164,7 @@ def _manifold(name: str):
   kind, d = name[0], int(name[1:])
   if kind == 'T':
     return ircpm.manifolds.Torus(d)
-  return ircpm.manifolds.Product([ircpm.manifolds.Sphere(2)] * (d // 2))
+  return ircpm.manifolds.Power(ircpm.manifolds.Sphere(2), d // 2)
 
 
 def _model(manifold, hidden=(128, 128), scale=0.3, method='newton',
@@ -356,6 +358,53 @@ def xla_section(points, batch, repeats, quick=False) -> List[Dict]:
   return rows
 
 
+def profile_section(cases, scales, points, repeats) -> List[Dict]:
+  """Where sample's time goes, in units of one Hessian of ψ.
+
+  A sample costs the solve (one value + gradient + tangent Hessian of h at
+  y = x, then one per Newton iteration, over the whole batch until the
+  slowest point converges), the log-det from the solve's Hessian (a 2 × 2
+  determinant) and the IFT point (no extra ψ evaluation when no gradient is
+  taken). log_prob costs the closed-form inverse plus its Jacobian. So
+  sample / log_prob ≈ (1 + max iterations) · derivative / log_prob.
+  """
+  rows = []
+  for name in cases:
+    m = _manifold(name)
+    for scale in scales:
+      psi, bij, q = _model(m, scale=scale, tolerance=1e-6)
+      x = m.uniform().sample(points, seed=2)
+      y = bij.forward(x)
+      ambient, _ = hessian_floor_fns(m, psi)
+      fns = dict(
+          psi=tf.function(lambda: psi(y)),
+          hessian=lambda: ambient(y),
+          derivative=tf.function(lambda: solvers.local_derivatives(
+              m, psi, x, y)[:3]),
+          solve=tf.function(lambda: solvers.solve(m, psi, x,
+                                                  tolerance=1e-6).point),
+          forward=tf.function(lambda: bij.forward(x)),
+          sample_and_log_prob=tf.function(
+              lambda q=q: q.experimental_sample_and_log_prob(points,
+                                                             seed=(3, 4))),
+          log_prob=tf.function(lambda: q.log_prob(y)))
+      seconds = dict(zip(fns, interleaved_medians(list(fns.values()),
+                                                  repeats)))
+      iters = bij.solve(x).iterations
+      max_iter = int(tf.reduce_max(iters))
+      unit = seconds['hessian']
+      rows.append(dict(
+          manifold=name, output_scale=scale, points=points,
+          seconds=seconds, in_hessians={k: v / unit
+                                        for k, v in seconds.items()},
+          mean_iterations=float(tf.reduce_mean(tf.cast(iters, tf.float32))),
+          max_iterations=max_iter,
+          predicted_ratio=(1 + max_iter) * seconds['derivative']
+          / seconds['log_prob'],
+          ratio=seconds['sample_and_log_prob'] / seconds['log_prob']))
+  return rows
+
+
 def quality_section(run: bool, quick: bool) -> List[Dict]:
   if run:
     from benchmarks import time_to_quality  # pylint: disable=g-import-not-at-top
@@ -443,6 +492,12 @@ def print_tables(results: Dict):
   for r in results.get('xla', []):
     print(f"xla {r['function']}: plain {r['plain']}, xla {r['xla']}, "
           f"speed-up {f(r.get('speedup'))}")
+  for r in results.get('profile', []):
+    parts = ', '.join(f'{k} {v:.2f}' for k, v in r['in_hessians'].items())
+    print(f"profile {r['manifold']} x{r['output_scale']} (in Hess ψ units, "
+          f"iterations {r['mean_iterations']:.2f}/{r['max_iterations']}): "
+          f"{parts}; ratio {r['ratio']:.2f}, predicted "
+          f"{r['predicted_ratio']:.2f}")
   for r in results.get('quality', []):
     print(f"time to quality: reached={r['reached']} in "
           f"{f(r['seconds_to_quality'])}s ({r['config']})")
@@ -470,6 +525,11 @@ def run(quick: bool, repeats: int, sections, time_to_quality=False,
   dump()
   if 'sample' in sections:
     results['sample'] = sample_section(
+        ['S2'] if quick else ['S2', 'T2'], [0.3] if quick else [0.3, 1.5],
+        512 if quick else 4096, repeats)
+  dump()
+  if 'profile' in sections:
+    results['profile'] = profile_section(
         ['S2'] if quick else ['S2', 'T2'], [0.3] if quick else [0.3, 1.5],
         512 if quick else 4096, repeats)
   dump()

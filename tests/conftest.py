@@ -26,6 +26,7 @@ MANIFOLDS = {
     'S2': lambda: M.Sphere(2),
     'S3': lambda: M.Sphere(3),
     'T1xS2': lambda: M.Product([M.Torus(1), M.Sphere(2)]),
+    'S2pow2': lambda: M.Power(M.Sphere(2), 2),
 }
 
 

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 import tfp_ircpm as ircpm
 from conftest import MANIFOLDS
@@ -190,3 +191,40 @@ def test_traces_in_tf_function_with_batch_axes():
   lg, fr = f(x, v)
   assert fr.shape == (2, 3, 4, 3)
   np.testing.assert_allclose(lg, v, atol=1e-12)
+
+
+@pytest.mark.parametrize('factor', [M.Sphere(2), M.Torus(1)], ids=['S2', 'T1'])
+def test_power_equals_the_product_of_copies(factor):
+  """Power(M, k) is Product([M] * k) computed batched: same points, same
+  geometry, same frames, and the same IRCPM flow for the same ψ."""
+  k = 3
+  power, product = M.Power(factor, k), M.Product([factor] * k)
+  assert (power.dim, power.ambient_dim, power.embed_dim) == (
+      product.dim, product.ambient_dim, product.embed_dim)
+  np.testing.assert_allclose(power.volume, product.volume)
+  x = _points(product, 16, tf.float64)
+  y = _points(product, 16, tf.float64, seed=3)
+  v = _tangents(product, x, 0.7)
+  for op, args in (('expmap', (x, v)), ('logmap', (x, y)),
+                   ('sq_dist', (x, y)), ('log_det_dexp', (x, y)),
+                   ('proju', (x, 2. * y)), ('projx', (1.5 * x,)),
+                   ('embed', (x,)), ('tangent_frame', (x,)),
+                   ('frame_orientation', (x,))):
+    np.testing.assert_allclose(getattr(power, op)(*args),
+                               getattr(product, op)(*args), atol=1e-12,
+                               err_msg=op)
+  np.testing.assert_allclose(power.uniform(tf.float64).log_prob(x),
+                             product.uniform(tf.float64).log_prob(x))
+  assert power.uniform().sample(5, seed=1).shape == (5, power.ambient_dim)
+  psi = ircpm.potentials.MLP(product, (16,), output_scale=0.2, seed=0,
+                             dtype=tf.float64)
+  flows = [tfp.distributions.TransformedDistribution(
+      m.uniform(tf.float64), ircpm.IRCPM(m, psi)) for m in (power, product)]
+  np.testing.assert_allclose(flows[0].log_prob(y), flows[1].log_prob(y),
+                             rtol=1e-10)
+  np.testing.assert_allclose(flows[0].bijector.forward(x),
+                             flows[1].bijector.forward(x), atol=1e-10)
+  with pytest.raises(ValueError, match=f'event size {power.ambient_dim}'):
+    power.membership_assertions(tf.zeros([1, power.ambient_dim + 1]))
+  with pytest.raises(ValueError, match='k >= 1'):
+    M.Power(factor, 0)

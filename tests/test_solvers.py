@@ -189,5 +189,8 @@ def test_small_linear_solves_and_logdets_match_numpy(n, dtype):
         _linalg.solve(tf.constant(mat), tf.constant(rhs),
                       positive_definite=spd),
         np.linalg.solve(mat, rhs[..., None])[..., 0], rtol=tol, atol=tol)
-    np.testing.assert_allclose(_linalg.logabsdet(tf.constant(mat)),
-                               np.linalg.slogdet(mat)[1], rtol=tol, atol=tol)
+    for jit in (False, True):  # LU outside XLA, QR under it (n > 2)
+      logdet = tf.function(_linalg.logabsdet, jit_compile=jit)
+      np.testing.assert_allclose(logdet(tf.constant(mat)),
+                                 np.linalg.slogdet(mat)[1], rtol=tol,
+                                 atol=tol)

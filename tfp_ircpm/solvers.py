@@ -311,7 +311,10 @@ def _solve_graph(manifold, potential, x, method, tolerance, max_iterations):
       (tf.constant(0), y0, value0, g0, hess0, frame0, iters0, active0),
       maximum_iterations=cap)
   if not newton:
-    _, g, hess, _ = _symbolic_derivatives(manifold, potential, x, y, True)
+    # Only H is new here: a recomputed g can differ from the loop's by
+    # round-off, which at a float32 tolerance near the residual floor would
+    # report points the loop stopped on as unconverged.
+    _, _, hess, _ = _symbolic_derivatives(manifold, potential, x, y, True)
   residual = residual_of(g)
   return SolveResult(
       point=tf.stop_gradient(y),

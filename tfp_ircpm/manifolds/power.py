@@ -1,0 +1,124 @@
+"""M^k, e.g. (S²)^k for k spins, computed as one batched factor."""
+
+from typing import List
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfp_ircpm.manifolds import base
+
+tfd = tfp.distributions
+tfb = tfp.bijectors
+
+
+class Power(base.Manifold):
+  """M × ... × M (k copies) with the product metric.
+
+  The same manifold as `Product([manifold] * k)`, with the same point layout
+  (the k factors' points concatenated on the last axis, [..., k·A]), but
+  every operation reshapes to [..., k, A] and calls the factor once. The
+  graph therefore does not grow with k: a `Product` of k spheres holds k
+  copies of each sphere op, and its Jacobian graphs (one reverse pass per
+  output, vectorised by pfor) grow as k² (measured: (S²)^8 log_prob and
+  sample used 14 GB while tracing; see benchmarks/RESULTS.md).
+
+  The factor's operations must act on the last axis only (`Sphere` and
+  `Torus` do).
+  """
+
+  def __init__(self, manifold: base.Manifold, k: int):
+    if not isinstance(manifold, base.Manifold):
+      raise TypeError(f'Power needs a Manifold, got {manifold!r}.')
+    if int(k) != k or k < 1:
+      raise ValueError(f'Power needs k >= 1 copies, got {k!r}.')
+    self._factor = manifold
+    self._k = int(k)
+
+  def __repr__(self):
+    return f'Power({self._factor!r}, {self._k})'
+
+  @property
+  def factor(self) -> base.Manifold:
+    return self._factor
+
+  @property
+  def k(self) -> int:
+    return self._k
+
+  @property
+  def dim(self) -> int:
+    return self._k * self._factor.dim
+
+  @property
+  def ambient_dim(self) -> int:
+    return self._k * self._factor.ambient_dim
+
+  @property
+  def embed_dim(self) -> int:
+    return self._k * self._factor.embed_dim
+
+  @property
+  def volume(self) -> float:
+    return self._factor.volume ** self._k
+
+  # [..., k·n] <-> [..., k, n]
+  def _split(self, x: tf.Tensor, n: int) -> tf.Tensor:
+    return tf.reshape(x, tf.concat([tf.shape(x)[:-1], [self._k, n]], 0))
+
+  def _merge(self, x: tf.Tensor) -> tf.Tensor:
+    return tf.reshape(x, tf.concat([tf.shape(x)[:-2], [-1]], 0))
+
+  def _points(self, x):
+    return self._split(x, self._factor.ambient_dim)
+
+  def expmap(self, x, v):
+    return self._merge(self._factor.expmap(self._points(x), self._points(v)))
+
+  def logmap(self, x, y):
+    return self._merge(self._factor.logmap(self._points(x), self._points(y)))
+
+  def sq_dist(self, x, y):
+    return tf.reduce_sum(
+        self._factor.sq_dist(self._points(x), self._points(y)), axis=-1)
+
+  def log_det_dexp(self, x, y):
+    """Sum over the copies (exp is a product map), or None if unknown."""
+    parts = self._factor.log_det_dexp(self._points(x), self._points(y))
+    return None if parts is None else tf.reduce_sum(parts, axis=-1)
+
+  def proju(self, x, u):
+    return self._merge(self._factor.proju(self._points(x), self._points(u)))
+
+  def projx(self, x):
+    return self._merge(self._factor.projx(self._points(x)))
+
+  def embed(self, x):
+    return self._merge(self._factor.embed(self._points(x)))
+
+  def tangent_frame(self, x):
+    """Block-diagonal frame [..., k·A, k·d], the factors' frames on the
+    diagonal, as `Product`'s."""
+    f = self._factor.tangent_frame(self._points(x))       # [..., k, A, d]
+    eye = tf.eye(self._k, dtype=f.dtype)
+    blocks = tf.einsum('...iab,ij->...iajb', f, eye)      # [..., k, A, k, d]
+    shape = tf.concat([tf.shape(x)[:-1], [self.ambient_dim, self.dim]], 0)
+    return tf.reshape(blocks, shape)
+
+  def frame_orientation(self, x):
+    return tf.math.reduce_prod(
+        self._factor.frame_orientation(self._points(x)), axis=-1)
+
+  def uniform(self, dtype=tf.float32) -> tfd.Distribution:
+    """k independent copies of the factor's uniform, events [k·A]."""
+    a = self._factor.ambient_dim
+    return tfd.TransformedDistribution(
+        tfd.Sample(self._factor.uniform(dtype), self._k),
+        tfb.Reshape(event_shape_out=[self._k * a],
+                    event_shape_in=[self._k, a]))
+
+  def membership_assertions(self, x) -> List[tf.Operation]:
+    ops = self._check_event_size(x, repr(self))
+    if ops:  # the reshape below needs the right size
+      with tf.control_dependencies(ops):
+        x = tf.identity(x)
+    return ops + self._factor.membership_assertions(self._points(x))
