@@ -25,3 +25,38 @@ def batch_jacobian(tape: tf.GradientTape, target: tf.Tensor,
     parts = tf.unstack(target, axis=1)
   rows = [tape.gradient(p, source, unconnected_gradients=zero) for p in parts]
   return tf.stack(rows, axis=1)
+
+
+def with_lazy_gradient(value: tf.Tensor, exact_fn, z: tf.Tensor,
+                       variables) -> tf.Tensor:
+  """`value`, differentiated as if it were `exact_fn(z)`.
+
+  For quantities whose value a solve already produced (the IFT point, the
+  log-det from the solve's Hessian) but whose derivatives need `exact_fn`
+  recomputed on a tape. tf.custom_gradient builds that recomputation only
+  when a gradient is asked for, so sampling never pays it. `variables` (ψ's
+  trainable variables) are passed in explicitly, as inputs.
+
+  Args:
+    value: the tensor to return; equal to exact_fn(z) up to solver tolerance.
+    exact_fn: z ↦ the same quantity, differentiable in z and `variables`.
+    z: the input the gradient flows to.
+    variables: the variables the gradient flows to.
+  """
+  variables = tuple(variables)
+
+  @tf.custom_gradient
+  def lazy(z, *variable_values):
+    del variable_values
+
+    def grad(upstream):
+      with tf.GradientTape() as tape:
+        tape.watch(z)
+        exact = exact_fn(z)
+      return tape.gradient(
+          exact, (z,) + variables, output_gradients=upstream,
+          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    return tf.identity(value), grad
+
+  return lazy(z, *[tf.convert_to_tensor(v) for v in variables])

@@ -367,9 +367,9 @@ def lazy_implicit_step(manifold: base.Manifold, potential: Potential,
 
   The value exp_{y*}(-E H⁻¹ g) needs g = grad_y h(x, y*), which the solve
   already computed at y* (`result.gradient`); only the derivative needs it
-  recomputed on a tape. With tf.custom_gradient that recomputation (one
-  more gradient of ψ, ~1/7 of a sample's cost on S²) is built only when a
-  gradient is asked for, so sampling skips it. ψ's variables are passed in
+  recomputed on a tape. `_autodiff.with_lazy_gradient` builds that
+  recomputation (one more gradient of ψ) only when a gradient is asked for,
+  so sampling skips it. ψ's variables are passed in
   explicitly, which needs a potential that lists them (a tf.Module or Keras
   model); otherwise, or without `result.gradient`, this is `implicit_step`.
 
@@ -382,27 +382,13 @@ def lazy_implicit_step(manifold: base.Manifold, potential: Potential,
   """
   if result.gradient is None or not isinstance(potential, tf.Module):
     return implicit_step(manifold, potential, x, result)
-  variables = tuple(potential.trainable_variables)
   y = result.point
   frame = tf.stop_gradient(manifold.tangent_frame(y))
   value = retract(manifold, y, frame,
                   -_linalg.solve(result.hessian, result.gradient))
-
-  @tf.custom_gradient
-  def point(x, *variable_values):
-    del variable_values
-
-    def grad(upstream):
-      with tf.GradientTape() as tape:
-        tape.watch(x)
-        exact = implicit_step(manifold, potential, x, result)
-      return tape.gradient(
-          exact, (x,) + variables, output_gradients=upstream,
-          unconnected_gradients=tf.UnconnectedGradients.ZERO)
-
-    return tf.identity(value), grad
-
-  return point(x, *[tf.convert_to_tensor(v) for v in variables])
+  return _autodiff.with_lazy_gradient(
+      value, lambda z: implicit_step(manifold, potential, z, result), x,
+      potential.trainable_variables)
 
 
 def unrolled_solve(manifold: base.Manifold, potential: Potential, x: tf.Tensor,
