@@ -408,9 +408,7 @@ def profile_section(cases, scales, points, repeats) -> List[Dict]:
 def quality_section(run: bool, quick: bool) -> List[Dict]:
   if run:
     from benchmarks import time_to_quality  # pylint: disable=g-import-not-at-top
-    return [time_to_quality.time_to_quality(
-        steps=4000, batch_size=256, learning_rate=5e-3, stack=3, hidden=128,
-        eval_every=500, eval_samples=20000, jit_compile=True, seed=0)]
+    return [time_to_quality.time_to_quality(**time_to_quality.DEFAULTS)]
   if os.path.exists(TTQ_JSON) and not quick:
     with open(TTQ_JSON) as f:
       return [dict(json.load(f), source=TTQ_JSON)]
@@ -518,20 +516,18 @@ def run(quick: bool, repeats: int, sections, time_to_quality=False,
                    tensorflow=tf.__version__, load_before=_load()),
       quick=quick, repeats=repeats)
   start = time.time()
+  cases = ['S2'] if quick else ['S2', 'T2']
+  scales = [0.3] if quick else [0.3, 1.5]   # near the identity, and sharp
+  points = 512 if quick else 4096
   if 'floor' in sections:
-    results['floor'] = floor_section(
-        ['S2'] if quick else ['S2', 'T2'], 512 if quick else 4096, repeats)
+    results['floor'] = floor_section(cases, points, repeats)
   dump = lambda *_: output and _write(results, output)
   dump()
   if 'sample' in sections:
-    results['sample'] = sample_section(
-        ['S2'] if quick else ['S2', 'T2'], [0.3] if quick else [0.3, 1.5],
-        512 if quick else 4096, repeats)
+    results['sample'] = sample_section(cases, scales, points, repeats)
   dump()
   if 'profile' in sections:
-    results['profile'] = profile_section(
-        ['S2'] if quick else ['S2', 'T2'], [0.3] if quick else [0.3, 1.5],
-        512 if quick else 4096, repeats)
+    results['profile'] = profile_section(cases, scales, points, repeats)
   dump()
   if 'train' in sections:
     results['train'] = train_section([3] if quick else train_iterations,

@@ -28,16 +28,28 @@ from tfp_ircpm import training
 tfd = tfp.distributions
 tfb = tfp.bijectors
 
-flags.DEFINE_integer('steps', 4000, 'Adam steps (the cosine decay horizon).')
-flags.DEFINE_integer('batch_size', 256, 'Samples per step.')
-flags.DEFINE_float('learning_rate', 5e-3, 'Initial Adam learning rate.')
-flags.DEFINE_integer('stack', 3, 'IRCPMs sharing one ψ.')
-flags.DEFINE_integer('hidden', 128, 'Width of the two hidden layers.')
-flags.DEFINE_integer('eval_every', 500, 'Steps between evaluations.')
-flags.DEFINE_integer('eval_samples', 20000, 'Samples for ESS and KL.')
-flags.DEFINE_bool('jit_compile', True, 'Compile the training step with XLA '
-                  '(compiling the step takes about 35 s).')
-flags.DEFINE_integer('seed', 0, 'Random seed.')
+# The benchmarked configuration; `benchmarks.run --time_to_quality` uses it
+# too.
+DEFAULTS = dict(steps=4000, batch_size=256, learning_rate=5e-3, stack=3,
+                hidden=128, eval_every=500, eval_samples=20000,
+                jit_compile=True, seed=0)
+
+flags.DEFINE_integer('steps', DEFAULTS['steps'],
+                     'Adam steps (the cosine decay horizon).')
+flags.DEFINE_integer('batch_size', DEFAULTS['batch_size'], 'Samples per step.')
+flags.DEFINE_float('learning_rate', DEFAULTS['learning_rate'],
+                   'Initial Adam learning rate.')
+flags.DEFINE_integer('stack', DEFAULTS['stack'], 'IRCPMs sharing one ψ.')
+flags.DEFINE_integer('hidden', DEFAULTS['hidden'],
+                     'Width of the two hidden layers.')
+flags.DEFINE_integer('eval_every', DEFAULTS['eval_every'],
+                     'Steps between evaluations.')
+flags.DEFINE_integer('eval_samples', DEFAULTS['eval_samples'],
+                     'Samples for ESS and KL.')
+flags.DEFINE_bool('jit_compile', DEFAULTS['jit_compile'],
+                  'Compile the training step with XLA (compiling the step '
+                  'takes about 35 s).')
+flags.DEFINE_integer('seed', DEFAULTS['seed'], 'Random seed.')
 flags.DEFINE_string('output', 'benchmarks/time_to_quality.json',
                     'JSON output path.')
 FLAGS = flags.FLAGS
@@ -94,9 +106,7 @@ def time_to_quality(steps: int, batch_size: int, learning_rate: float,
 
 
 def main(_):
-  record = time_to_quality(FLAGS.steps, FLAGS.batch_size, FLAGS.learning_rate,
-                           FLAGS.stack, FLAGS.hidden, FLAGS.eval_every,
-                           FLAGS.eval_samples, FLAGS.jit_compile, FLAGS.seed)
+  record = time_to_quality(**{k: getattr(FLAGS, k) for k in DEFAULTS})
   print(json.dumps({k: v for k, v in record.items() if k != 'evaluations'},
                    indent=2))
   with open(FLAGS.output, 'w') as f:

@@ -360,7 +360,6 @@ def implicit_step(manifold: base.Manifold, potential: Potential, x: tf.Tensor,
   return retract(manifold, y, frame, w)
 
 
-
 def lazy_implicit_step(manifold: base.Manifold, potential: Potential,
                        x: tf.Tensor, result: SolveResult) -> tf.Tensor:
   """`implicit_step` whose value reuses the solve's gradient.
@@ -369,9 +368,9 @@ def lazy_implicit_step(manifold: base.Manifold, potential: Potential,
   already computed at y* (`result.gradient`); only the derivative needs it
   recomputed on a tape. `_autodiff.with_lazy_gradient` builds that
   recomputation (one more gradient of ψ) only when a gradient is asked for,
-  so sampling skips it. ψ's variables are passed in
-  explicitly, which needs a potential that lists them (a tf.Module or Keras
-  model); otherwise, or without `result.gradient`, this is `implicit_step`.
+  so sampling skips it. ψ's variables are passed in explicitly, which needs
+  a potential that lists them (a tf.Module or Keras model); otherwise, or
+  without `result.gradient`, this is `implicit_step`.
 
   Args:
     x: [N, ambient_dim], possibly carrying gradients.
