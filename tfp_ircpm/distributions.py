@@ -18,9 +18,14 @@ of Eq. 4). Bases reporting it make TFP call `forward_log_det_jacobian`, which
 for a `tfb.Chain` is the sum of its parts' intrinsic log-dets.
 """
 
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.experimental import tangent_spaces
 
+tfb = tfp.bijectors
 tfd = tfp.distributions
 
 
@@ -68,3 +73,66 @@ class VonMisesFisher(_IntrinsicMixin, tfd.VonMisesFisher):
 
 class PowerSpherical(_IntrinsicMixin, tfd.PowerSpherical):
   """`tfd.PowerSpherical` reporting `IntrinsicSpace` (use as an IRCPM base)."""
+
+
+class MixtureSameFamily(_IntrinsicMixin, tfd.MixtureSameFamily):
+  """`tfd.MixtureSameFamily` reporting `IntrinsicSpace` (use as an IRCPM base).
+
+  A mixture of densities on the manifold is a density with respect to the
+  same volume measure as its components, so the intrinsic log-dets of the
+  bijectors above it apply unchanged.
+  """
+
+
+def vmf_mixture(mean_directions, concentration=50., logits=None,
+                dtype=tf.float32, validate_args: bool = False,
+                name: str = 'vmf_mixture') -> MixtureSameFamily:
+  """A trainable mixture of K von Mises–Fisher densities on S^n.
+
+  p(x) = Σ_k softmax(logits)_k C_n(κ_k) exp(κ_k μ_kᵀx), a density with
+  respect to the sphere's volume measure (as `tfd.VonMisesFisher`'s is).
+
+  The parameters are variables in unconstrained form, so any gradient step
+  keeps them valid: the mean directions are stored as free vectors m_k and
+  used as m_k/‖m_k‖ (a `DeferredTensor`), the concentrations through
+  exp (a `TransformedVariable`), and the weights as logits. Centres started
+  at data points (e.g. K training points) make a maximum-likelihood fit fast.
+
+  Args:
+    mean_directions: initial centres, [K, n+1] (normalised here).
+    concentration: initial κ > 0, scalar or [K].
+    logits: initial mixture logits [K] (default: equal weights).
+    dtype: dtype of the variables.
+    validate_args: passed to the TFP distributions.
+    name: name scope of the variables.
+
+  Returns:
+    A `MixtureSameFamily` over `tfd.VonMisesFisher` components with event
+    shape [n+1], whose `trainable_variables` are the three variables.
+  """
+  centres = np.asarray(mean_directions, dtype=tf.as_dtype(dtype).as_numpy_dtype)
+  if centres.ndim != 2 or centres.shape[0] < 1 or centres.shape[1] < 2:
+    raise ValueError('mean_directions must have shape [K, n+1] with K >= 1, '
+                     f'n >= 1; got {centres.shape}.')
+  norms = np.linalg.norm(centres, axis=-1, keepdims=True)
+  if not np.all(np.isfinite(centres)) or np.any(norms == 0.):
+    raise ValueError('mean_directions must be finite and non-zero.')
+  k = centres.shape[0]
+  kappa = np.broadcast_to(np.asarray(concentration, centres.dtype), [k])
+  if not np.all(np.isfinite(kappa)) or np.any(kappa <= 0.):
+    raise ValueError(f'concentration must be > 0, got {concentration}.')
+  with tf.name_scope(name):
+    means = tf.Variable(centres / norms, name='mean_directions')
+    kappa = tfp.util.TransformedVariable(kappa, tfb.Exp(),
+                                         name='concentration')
+    logits = tf.Variable(np.zeros([k], centres.dtype) if logits is None
+                         else np.asarray(logits, centres.dtype),
+                         name='logits')
+  # Normalising on use, rather than projecting after each step, keeps the
+  # optimiser's state meaningful and needs no constraint callback.
+  directions = tfp.util.DeferredTensor(
+      means, lambda m: m / tf.norm(m, axis=-1, keepdims=True))
+  return MixtureSameFamily(
+      tfd.Categorical(logits=logits, validate_args=validate_args),
+      tfd.VonMisesFisher(directions, kappa, validate_args=validate_args),
+      validate_args=validate_args, name=name)

@@ -58,6 +58,10 @@ class MLP(tf.Module):
       value of the parameters the bounds on ‖grad ψ‖ and ‖Hess ψ‖ of
       Lemmas 3-4, so the solve from y = x finds the unique minimiser and the
       map stays a diffeomorphism.
+    zero_output: start the output layer at zero, so ψ = 0 and the map is
+      the identity at initialisation (its gradient still moves the output
+      layer at the first step). Use it to stack flows on a base that is
+      already fitted: a random ψ would first undo the fit.
     certified_radius: λ of Lemma 3 for `certified_targets`; on spheres the
       default (None) chooses λ per parameter value (see `certified_scale`).
   """
@@ -71,6 +75,7 @@ class MLP(tf.Module):
                seed: Optional[int] = None,
                certified: bool = False,
                certified_radius: Optional[float] = None,
+               zero_output: bool = False,
                name: str = 'mlp_potential'):
     super().__init__(name=name)
     self.manifold = manifold
@@ -92,6 +97,8 @@ class MLP(tf.Module):
     with self.name_scope:
       for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         w = rng.normal([fan_in, fan_out], dtype=self._dtype) / math.sqrt(fan_in)
+        if zero_output and fan_out == 1 and i == len(sizes) - 2:
+          w = tf.zeros_like(w)
         self.weights.append(tf.Variable(w, name=f'w{i}'))
         if i < len(sizes) - 2:
           b = rng.normal([fan_out], dtype=self._dtype) * 0.1

@@ -305,11 +305,26 @@ class ValidationMonitor:
     record = dict(step=step, train_loss=loss,
                   validation_nll=batched_nll(self.q, self.validation,
                                              self.batch_size))
-    if self.validity_points:
+    # A bare base distribution (no bijector) has no map that could fold.
+    if self.validity_points and hasattr(self.q, 'bijector'):
       record['min_det'] = min_inverse_det(
           self.q.bijector, self.validity_points, self.validation,
           dtype=self.q.dtype, seed=step)
     return record
+
+  def consider_initial(self) -> None:
+    """Records the weights before training as a candidate, at step -1.
+
+    Model selection then never returns something worse on validation than
+    the starting point, e.g. a fitted base with flows started at the
+    identity. A fold there only makes the start ineligible.
+    """
+    record = self.evaluate(-1, None)
+    self.history.append(record)
+    if record.get('min_det', 1.) > 0.:
+      self.best_validation = record['validation_nll']
+      self.best_step = -1
+      self._best_values = [v.numpy() for v in self.variables]
 
   def __call__(self, step: int, loss: float) -> bool:
     if step % self.every:
@@ -369,8 +384,9 @@ def fit_nll(q: tfd.Distribution, train_points, validation_points,
   (all of them with batch_size None) with Adam, under a cosine decay when
   `decay`. The loss runs only the closed-form inverse and its exact log-det
   (no c-transform solve). A `ValidationMonitor` selects the checkpoint with
-  the best validation NLL among those whose f⁻¹ has det > 0, stops early,
-  and the selected variables are restored before returning.
+  the best validation NLL among those whose f⁻¹ has det > 0 (the starting
+  weights included, as step -1), stops early, and the selected variables are
+  restored before returning.
 
   `variables` defaults to `q.trainable_variables`; pass them when ψ keeps
   variables that the distribution does not track (e.g. a plain function).
@@ -419,6 +435,7 @@ def fit_nll(q: tfd.Distribution, train_points, validation_points,
   if decay:
     lr = tf_keras.optimizers.schedules.CosineDecay(learning_rate, steps)
   start = time.time()
+  monitor.consider_initial()
   losses = train(loss_fn, monitor.variables, steps,
                  optimizer=tf_keras.optimizers.Adam(lr), seed=seed,
                  log_every=log_every, jit_compile=jit_compile,
@@ -437,13 +454,19 @@ def fit_nll(q: tfd.Distribution, train_points, validation_points,
 def ircpm_flow(manifold, num_layers: int, hidden_units=(64, 64),
                output_scale: float = 1. / 20., shared: bool = False,
                certified: bool = False, dtype=tf.float32,
-               seed: int = 0) -> tfd.TransformedDistribution:
-  """q = (f_L ∘ … ∘ f_1)_# uniform: a stack of IRCPMs with MLP potentials.
+               seed: int = 0, base: Optional[tfd.Distribution] = None,
+               zero_output: bool = False) -> tfd.TransformedDistribution:
+  """q = (f_L ∘ … ∘ f_1)_# base: a stack of IRCPMs with MLP potentials.
 
   With `shared`, one ψ serves every layer (the paper's S² model); otherwise
-  layer k has its own MLP seeded with 1000·seed + k.
+  layer k has its own MLP seeded with 1000·seed + k. `base` defaults to the
+  manifold's uniform distribution; any base whose density is with respect
+  to the manifold's volume (e.g. `distributions.vmf_mixture`) works, and
+  with `zero_output` the stack starts as the identity on it (see
+  `potentials.MLP`).
   """
   from tfp_ircpm import potentials  # pylint: disable=g-import-not-at-top
+  from tfp_ircpm.bijectors import chain as ircpm_chain  # pylint: disable=g-import-not-at-top
   from tfp_ircpm.bijectors import ircpm as ircpm_lib  # pylint: disable=g-import-not-at-top
   if num_layers < 1:
     raise ValueError(f'num_layers must be >= 1, got {num_layers}.')
@@ -451,12 +474,15 @@ def ircpm_flow(manifold, num_layers: int, hidden_units=(64, 64),
   def layer(k):
     psi = potentials.MLP(manifold, hidden_units, output_scale=output_scale,
                          dtype=dtype, seed=1000 * seed + k,
-                         certified=certified, name=f'psi{k}')
+                         certified=certified, zero_output=zero_output,
+                         name=f'psi{k}')
     return ircpm_lib.IRCPM(manifold, psi, name=f'ircpm{k}')
 
   if shared:
     bijectors = [layer(0)] * num_layers
   else:
     bijectors = [layer(k) for k in range(num_layers)]
-  return tfd.TransformedDistribution(manifold.uniform(dtype),
-                                     tfp.bijectors.Chain(bijectors))
+  if base is None:
+    base = manifold.uniform(dtype)
+  # ircpm Chain: correct over any base, including plain TFP spherical ones.
+  return tfd.TransformedDistribution(base, ircpm_chain.Chain(bijectors))
