@@ -123,6 +123,90 @@ def test_fit_nll_rejects_bad_points():
     training.fit_nll(q, good, good[None], steps=1)
 
 
+def _log_vmf_mixture(x, centres, kappa, logits):
+  """Σ_k w_k κ_k/(4π sinh κ_k) e^{κ_k μ_kᵀx} in logs, by hand (numpy)."""
+  mu = centres / np.linalg.norm(centres, axis=-1, keepdims=True)
+  log_w = logits - np.log(np.exp(logits).sum())
+  log_c = np.log(kappa) - np.log(2 * np.pi) - np.log1p(-np.exp(-2 * kappa))
+  terms = log_w + log_c + kappa * (x @ mu.T - 1.)
+  top = terms.max(-1, keepdims=True)
+  return (top + np.log(np.exp(terms - top).sum(-1, keepdims=True)))[:, 0]
+
+
+def test_vmf_mixture_base_and_an_ircpm_stack_on_it_are_normalised():
+  centres = np.random.default_rng(0).standard_normal([4, 3]) * 2.
+  kappa = np.array([3., 10., 30., 60.])
+  logits = np.array([0., 1., -1., 0.5])
+  base = ircpm.distributions.vmf_mixture(centres, kappa, logits,
+                                         dtype=tf.float64)
+  assert len(base.trainable_variables) == 3
+  pts = fibonacci_sphere(40000)
+  log_p = base.log_prob(pts).numpy()
+  np.testing.assert_allclose(log_p, _log_vmf_mixture(pts, centres, kappa,
+                                                     logits), atol=1e-10)
+  np.testing.assert_allclose(np.exp(log_p).mean() * 4 * math.pi, 1.,
+                             atol=2e-3)
+  # IRCPMs on it: log q(y) = log base(f⁻¹ y) + Σ intrinsic ildj, and q is
+  # still a probability density (the mixture reports IntrinsicSpace).
+  sphere = M.Sphere(2)
+  q = training.ircpm_flow(sphere, 2, (8, 8), output_scale=0.3, seed=3,
+                          base=base, dtype=tf.float64)
+  y = tf.constant(pts[:50])
+  x = q.bijector.inverse(y)
+  np.testing.assert_allclose(
+      q.log_prob(y), base.log_prob(x)
+      + q.bijector.inverse_log_det_jacobian(y, event_ndims=1), atol=1e-10)
+  assert np.abs((x - y).numpy()).max() > 1e-2           # not the identity
+  q_vals = np.exp(np.concatenate([q.log_prob(pts[i:i + 10000]).numpy()
+                                  for i in range(0, len(pts), 10000)]))
+  np.testing.assert_allclose(q_vals.mean() * 4 * math.pi, 1., atol=2e-3)
+  with pytest.raises(ValueError, match='concentration'):
+    ircpm.distributions.vmf_mixture(centres, -1.)
+  with pytest.raises(ValueError, match='non-zero'):
+    ircpm.distributions.vmf_mixture(np.zeros([2, 3]))
+  with pytest.raises(ValueError, match='shape'):
+    ircpm.distributions.vmf_mixture(np.ones([3]))
+
+
+def test_flows_on_a_fitted_mixture_start_at_it_and_train_without_solves(
+    solve_calls):
+  train_pts, val_pts = _vmf_data(400, 5), _vmf_data(100, 6)
+  base = ircpm.distributions.vmf_mixture(train_pts[:20], 5.)
+  # A bare base trains too (no bijector, so no validity check).
+  fit = training.fit_nll(base, train_pts, val_pts, steps=60,
+                         learning_rate=5e-2, eval_every=20, log_every=0)
+  assert fit['best_validation'] < fit['history'][0]['validation_nll'] - 0.1
+  fitted = base.log_prob(val_pts).numpy()
+  q = training.ircpm_flow(M.Sphere(2), 2, (8, 8), base=base, seed=4,
+                          zero_output=True)
+  # ψ = 0: the stack is the identity, so q is the fitted mixture.
+  np.testing.assert_allclose(q.log_prob(val_pts), fitted, atol=1e-5)
+  np.testing.assert_allclose(q.bijector.inverse(val_pts), val_pts, atol=1e-6)
+  fit = training.fit_nll(q, train_pts, val_pts, steps=40, batch_size=200,
+                         learning_rate=1e-2, eval_every=10, patience=100,
+                         validity_points=200, log_every=0,
+                         variables=list(q.bijector.trainable_variables),
+                         fold_penalty=10., penalty_points=64)
+  assert not solve_calls
+  assert fit['history'][0]['step'] == -1         # the start is a candidate
+  assert any(float(tf.reduce_max(tf.abs(v))) > 0
+             for v in q.bijector.trainable_variables if v.shape[-1] == 1)
+  assert fit['best_validation'] <= fit['history'][0]['validation_nll']
+
+
+def test_model_selection_can_keep_the_starting_weights():
+  """Training only on far-away data makes validation worse from the start."""
+  val_pts = _vmf_data(200, 7)
+  base = ircpm.distributions.vmf_mixture(val_pts[:10], 8.)
+  start = [v.numpy() for v in base.trainable_variables]
+  fit = training.fit_nll(base, -val_pts, val_pts, steps=30,
+                         learning_rate=5e-2, decay=False, eval_every=5,
+                         patience=3, log_every=0)
+  assert fit['best_step'] == -1 and fit['steps_run'] < 30
+  for v, v0 in zip(base.trainable_variables, start):
+    np.testing.assert_array_equal(v.numpy(), v0)
+
+
 def test_ircpm_flow_shares_or_separates_parameters():
   sphere = M.Sphere(2)
   shared = training.ircpm_flow(sphere, 3, (8, 8), shared=True)
