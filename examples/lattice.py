@@ -49,6 +49,9 @@ flags.DEFINE_enum('psi', 'equivariant', ['equivariant', 'mlp', 'meanfield'],
                   'Potential / model family.')
 flags.DEFINE_integer('layers', 2, 'IRCPMs in the stack (each its own ψ).')
 flags.DEFINE_integer('hidden', 16, 'Channels of the two conv layers.')
+flags.DEFINE_bool('bond_term', False, 'Equivariant ψ also gets a learnable '
+                  'linear term in the bond features (contains αu; see '
+                  'potentials.LatticeConvPotential).')
 flags.DEFINE_float('output_scale', 0.1, 'ψ output scale.')
 flags.DEFINE_integer('batch_size', 64, 'Samples per step.')
 flags.DEFINE_float('learning_rate', 1e-3, 'Initial Adam rate (cosine decay).')
@@ -121,7 +124,8 @@ class Flow:
     for i in range(FLAGS.layers):
       conv = potentials.LatticeConvPotential(
           FLAGS.L, FLAGS.model, (FLAGS.hidden, FLAGS.hidden),
-          output_scale=FLAGS.output_scale, seed=FLAGS.seed + i)
+          output_scale=FLAGS.output_scale, seed=FLAGS.seed + i,
+          bond_term=FLAGS.bond_term)
       conv_params = conv.num_parameters
       if kind == 'equivariant':
         self.psis.append(conv)

@@ -151,6 +151,41 @@ def test_conv_potential_hessian_bound_and_certification():
     potentials.LatticeConvPotential(4, 'o3', certified=True)
 
 
+def test_bond_term_contains_the_energy_and_keeps_invariance_and_bounds():
+  rng = np.random.default_rng(3)
+  l, beta, c = 4, 0.9, 0.37
+  target = targets.xy_model(l, beta)
+  psi = _xy_psi(l, scale=1., bond_term=True)
+  assert psi.num_parameters == _xy_psi(l).num_parameters + 4
+  theta = tf.constant(rng.uniform(0, 2 * np.pi, (6, l * l)))
+  # Started at w = 0: the bond term adds nothing.
+  np.testing.assert_allclose(psi(theta), _xy_psi(l, scale=1.)(theta),
+                             rtol=1e-12)
+  # Readout 0, w = (c, 0, c, 0): ψ = c Σ_⟨ij⟩ cos(θᵢ − θⱼ) = −c u/β.
+  psi.readout.assign(tf.zeros_like(psi.readout))
+  psi.bond_weights.assign([c, 0., c, 0.])
+  np.testing.assert_allclose(psi(theta), -c * target.energy(theta) / beta,
+                             rtol=1e-12)
+  # All aligned, Hess = −c·(lattice Laplacian), top |eigenvalue| 8c: the
+  # bound 4(‖w_x‖ + ‖w_y‖) = 8c is attained.
+  hess = tf.function(_dense_hessian)
+  eig = np.abs(np.linalg.eigvalsh(hess(psi, tf.zeros([1, l * l],
+                                                      tf.float64)))).max()
+  np.testing.assert_allclose(eig, 8 * c, rtol=1e-10)
+  np.testing.assert_allclose(float(psi.hessian_bound()), 8 * c, rtol=1e-10)
+  # Network and bond term together: invariant, and bounded.
+  full = _xy_psi(l, scale=1., seed=5, bond_term=True)
+  full.bond_weights.assign([1.5, -0.7, 0.3, 1.1])
+  t = theta.numpy().reshape(6, l, l)
+  np.testing.assert_allclose(full(tf.constant((t + 0.7).reshape(6, -1))),
+                             full(theta), rtol=1e-12)
+  np.testing.assert_allclose(full(tf.constant(
+      np.roll(t, (1, 2), axis=(1, 2)).reshape(6, -1))), full(theta),
+                             rtol=1e-12)
+  eig = np.abs(np.linalg.eigvalsh(hess(full, theta).numpy())).max()
+  assert 1. < eig <= float(full.hessian_bound())
+
+
 # -- matrix-free solve -----------------------------------------------------------
 
 

@@ -420,6 +420,11 @@ class LatticeConvPotential(tf.Module):
       I + Hess ψ stays positive definite: f is a diffeomorphism of T^{L²}
       (the gradient map of the strictly convex ½|y|² + ψ, commuting with
       2πZ^{L²}) and the Newton-CG solve sees condition numbers <= 99.
+    bond_term: add Σ_sites wᵀφᵢ, a learnable linear function of the bond
+      features φᵢ (started at w = 0). It contains the energy itself, e.g.
+      −u/β = Σ_⟨ij⟩ cos(θᵢ − θⱼ) for XY: the paper's αu family of Sec. 3.3,
+      which Lemma 2 suggests as the leading term of ψ (on a uniform base
+      log det(I + α Hess u) = −2αu + O(α²)), with the network as correction.
   """
 
   _OFFSETS = tuple((a, b) for a in (-1, 0, 1) for b in (-1, 0, 1))
@@ -432,6 +437,7 @@ class LatticeConvPotential(tf.Module):
                dtype=tf.float32,
                seed: Optional[int] = None,
                certified: bool = False,
+               bond_term: bool = False,
                name: str = 'lattice_conv_potential'):
     super().__init__(name=name)
     if spin not in ('xy', 'o3'):
@@ -459,6 +465,9 @@ class LatticeConvPotential(tf.Module):
       readout = rng.normal([sizes[-1]], dtype=self._dtype) / math.sqrt(
           sizes[-1])
       self.readout = tf.Variable(readout, name='readout')
+      self.bond_weights = (tf.Variable(tf.zeros([in_channels], self._dtype),
+                                       name='bond_weights')
+                           if bond_term else None)
 
   @property
   def num_parameters(self) -> int:
@@ -505,7 +514,10 @@ class LatticeConvPotential(tf.Module):
     jac_sq = [tf.constant(8., self._dtype)]
     for norm in norms:
       jac_sq.append(tf.square(norm) * jac_sq[-1])
-    bound = 4. * (tf.norm(sens[0][:2]) + tf.norm(sens[0][2:]))
+    a_0 = sens[0]
+    if self.bond_weights is not None:      # the linear term adds to ∂ψ/∂φ
+      a_0 = a_0 + tf.abs(self.bond_weights)
+    bound = 4. * (tf.norm(a_0[:2]) + tf.norm(a_0[2:]))
     for k, norm in enumerate(norms, start=1):
       bound += 0.25 * tf.reduce_max(sens[k]) * tf.square(norm) * jac_sq[k - 1]
     return bound
@@ -525,12 +537,15 @@ class LatticeConvPotential(tf.Module):
     """ψ(x): points [..., ambient_dim] → [...] (in x's dtype)."""
     dtype = x.dtype
     batch_shape = tf.shape(x)[:-1]
-    h = self.features(tf.reshape(x, [-1, self.ambient_dim]))
+    h = features = self.features(tf.reshape(x, [-1, self.ambient_dim]))
     for kernel, bias in zip(self.kernels, self.biases):
       h = softplus(self._conv(h, tf.cast(kernel, dtype)) + tf.cast(bias, dtype))
     per_site = tf.linalg.matvec(h, tf.cast(self.readout, dtype))
     out = tf.reduce_sum(per_site, axis=[1, 2]) * tf.constant(
         self.output_scale, dtype)
+    if self.bond_weights is not None:
+      out += tf.reduce_sum(tf.linalg.matvec(
+          features, tf.cast(self.bond_weights, dtype)), axis=[1, 2])
     if self.certified:
       out = out * tf.cast(self.certified_scale(), dtype)
     return tf.reshape(out, batch_shape)
