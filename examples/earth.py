@@ -140,6 +140,12 @@ def _cell(values) -> str:
   return f'{v.mean():.2f} ± {v.std():.2f} (n={len(v)})' if len(v) else '–'
 
 
+def _delta(values) -> str:
+  v = np.asarray(values)
+  return (f'{v.mean():+.4f} [{v.min():+.4f}, {v.max():+.4f}]' if len(v)
+          else '–')
+
+
 def summarize(output_dir: str) -> str:
   """Markdown: published rows, then ours (mean ± std over seeds, n, checks).
 
@@ -160,13 +166,25 @@ def summarize(output_dir: str) -> str:
         f'{row[d]:.2f}' if d in row else '–' for d in order) + ' |')
   notes = []
   for model, results in by_model.items():
-    if any(r.get('base_alone') for rs in results.values() for r in rs):
-      lines.append(f'| ablation: {model.split(", ")[-1]} alone | ' + ' | '.join(
-          _cell([r['base_alone']['test_nll'] for r in results.get(d, [])
-                 if r.get('base_alone')]) for d in order) + ' |')
+    with_base = [r for rs in results.values() for r in rs
+                 if r.get('base_alone')]
+    if with_base:
+      lines.append(f'| ablation: {with_base[0]["base_alone"]["model"]} | '
+                   + ' | '.join(_cell([r['base_alone']['test_nll']
+                                       for r in results.get(d, [])
+                                       if r.get('base_alone')])
+                                for d in order) + ' |')
     lines.append(f'| **IRCPM: {model}** | ' + ' | '.join(
         _cell([r['test_nll'] for r in results.get(d, [])]) for d in order)
                  + ' |')
+    if with_base:
+      # What the IRCPM layers add, per seed (same split, same base).
+      lines.append('| IRCPM layers: Δ test NLL vs the base alone, mean '
+                   '[min, max] | ' + ' | '.join(
+                       _delta([r['test_nll'] - r['base_alone']['test_nll']
+                               for r in results.get(d, [])
+                               if r.get('base_alone')]) for d in order)
+                   + ' |')
     lines.append('| check_diffeomorphism passed | ' + ' | '.join(
         f'{sum(r["diffeomorphism"]["passed"] for r in results[d])}/'
         f'{len(results[d])}' if d in results else '–' for d in order) + ' |')
@@ -274,7 +292,8 @@ def main(_):
                           num_points=FLAGS.check_points,
                           seconds=check_seconds),
       history=fit['history'])
-  stem = os.path.join(FLAGS.output_dir, f'{FLAGS.dataset}_seed{FLAGS.seed}')
+  stem = os.path.join(FLAGS.output_dir,
+                      f'{FLAGS.dataset}_{FLAGS.base}_seed{FLAGS.seed}')
   if FLAGS.figure and save_density_map(
       stem + '.png', q, split.test,
       f'{FLAGS.dataset} (seed {FLAGS.seed}): test NLL {test_nll:.3f}'):
