@@ -121,7 +121,10 @@ def save_density_map(path: str, q, test_points: np.ndarray,
       for i in range(0, len(pts), 4096)]).reshape(lo.shape)
   test = data_lib.sphere_to_latlon(test_points)
   fig, ax = plt.subplots(figsize=(10, 5))
-  mesh = ax.pcolormesh(lo, la, log_q, shading='auto', cmap='viridis')
+  # Sharp components have tails of e^{-2κ}: a full-range scale would be all
+  # tail, so show the top 12 nats (lower values saturate).
+  mesh = ax.pcolormesh(lo, la, log_q, shading='auto', cmap='viridis',
+                       vmin=max(log_q.min(), log_q.max() - 12.))
   fig.colorbar(mesh, ax=ax, label='log density (nats / sr)')
   ax.scatter(test[:, 1], test[:, 0], s=3, c='red', label='test points')
   ax.set_xlim(-180, 180)

@@ -163,11 +163,17 @@ class Flow:
     return kl + FLAGS.barrier_weight * target.num_sites * penalty
 
   def min_eigenvalues(self, n, seed):
-    """Exact min eigenvalue of I + Hess ψ per layer at n samples, [layers]."""
-    _, _, points = logdet.sample_and_log_prob(self.q, n, seed, 'exact',
-                                              return_layer_points=True)
+    """Exact min eigenvalue of I + Hess ψ per layer at n samples, [layers].
+
+    Samples whose solve did not converge (NaN under the default policy) are
+    left out; `evaluate` counts them as non-finite weights.
+    """
+    _, _, points, ok = logdet.sample_and_log_prob(
+        self.q, n, seed, 'exact', return_layer_points=True,
+        return_converged=True)
     out = []
     for psi, y in zip(self.psis, points):
+      y = tf.boolean_mask(y, ok)
       with tf.GradientTape() as t2:
         t2.watch(y)
         with tf.GradientTape() as t1:
