@@ -18,8 +18,6 @@ of Eq. 4). Bases reporting it make TFP call `forward_log_det_jacobian`, which
 for a `tfb.Chain` is the sum of its parts' intrinsic log-dets.
 """
 
-from typing import Optional
-
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp

@@ -97,7 +97,7 @@ class MLP(tf.Module):
     with self.name_scope:
       for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         w = rng.normal([fan_in, fan_out], dtype=self._dtype) / math.sqrt(fan_in)
-        if zero_output and fan_out == 1 and i == len(sizes) - 2:
+        if zero_output and i == len(sizes) - 2:      # the output layer
           w = tf.zeros_like(w)
         self.weights.append(tf.Variable(w, name=f'w{i}'))
         if i < len(sizes) - 2:
