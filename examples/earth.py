@@ -11,7 +11,8 @@ trainable mixture of `--components` von Mises–Fisher densities
 (`distributions.vmf_mixture`, centres started at training points). The
 mixture is first fitted alone (`--base_steps`, same model selection), its
 test NLL is recorded as the ablation "mixture alone", and then the IRCPMs,
-started at the identity (`zero_output`), are trained jointly with it.
+started at the identity (`zero_output`), are trained on the fixed mixture
+(with it, under `--joint`).
 
 It then reports the
 test NLL (nats, w.r.t. the area measure of the unit sphere, so the uniform

@@ -322,9 +322,12 @@ class ValidationMonitor:
     record = self.evaluate(-1, None)
     self.history.append(record)
     if record.get('min_det', 1.) > 0.:
-      self.best_validation = record['validation_nll']
-      self.best_step = -1
-      self._best_values = [v.numpy() for v in self.variables]
+      self._take_best(-1, record)
+
+  def _take_best(self, step: int, record: Dict) -> None:
+    self.best_validation = record['validation_nll']
+    self.best_step = step
+    self._best_values = [v.numpy() for v in self.variables]
 
   def __call__(self, step: int, loss: float) -> bool:
     if step % self.every:
@@ -341,9 +344,7 @@ class ValidationMonitor:
             'stopping', flush=True)
       return True
     if record['validation_nll'] < self.best_validation:
-      self.best_validation = record['validation_nll']
-      self.best_step = step
-      self._best_values = [v.numpy() for v in self.variables]
+      self._take_best(step, record)
       self._since_best = 0
       return False
     self._since_best += 1

@@ -272,7 +272,7 @@ class IRCPM(tfb.Bijector):
   def _handle_nonconvergence(self, y, result):
     worst = tf.reduce_max(result.residual)
     if _xla.in_xla_context() and (self.validate_args
-                              or self._nonconvergence == 'warn'):
+                                  or self._nonconvergence == 'warn'):
       # XLA can neither print nor raise (tf2xla compiles Assert to a no-op),
       # so the failing points become NaN rather than pass silently.
       return self._nan_where_unconverged(y, result)
