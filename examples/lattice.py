@@ -64,6 +64,7 @@ flags.DEFINE_integer('eval_samples', 2000, 'Samples for the exact ESS.')
 flags.DEFINE_integer('eval_batch', 250, 'Evaluation batch size.')
 flags.DEFINE_integer('mcmc_sweeps', 2000, 'Heat-bath sweeps (0: no MCMC).')
 flags.DEFINE_integer('mcmc_chains', 64, 'Heat-bath chains.')
+flags.DEFINE_bool('jit_compile', False, 'Compile the training step with XLA.')
 flags.DEFINE_integer('seed', 0, 'Random seed.')
 flags.DEFINE_string('output_dir', 'results/lattice', 'Where to write JSON.')
 FLAGS = flags.FLAGS
@@ -250,7 +251,7 @@ def main(_):
   losses = training.train(loss_fn, model.trainable_variables, FLAGS.steps,
                           optimizer=tf_keras.optimizers.Adam(lr),
                           seed=FLAGS.seed, log_every=max(1, FLAGS.steps // 10),
-                          callback=callback)
+                          callback=callback, jit_compile=FLAGS.jit_compile)
   train_seconds = time.time() - start
   # The first step includes tracing; the rest is the steady cost per step.
   per_step = (float(np.mean(np.diff(times))) if len(times) > 2

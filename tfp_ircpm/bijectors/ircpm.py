@@ -21,6 +21,14 @@ tfb = tfp.bijectors
 NONCONVERGENCE_POLICIES = ('warn', 'nan', 'ignore')
 
 
+# Above this many ambient coordinates the exact log-det builds J from
+# forward-mode JVPs along the tangent frame (`JVP_CHUNK` directions per pass)
+# instead of a pfor-vectorised reverse-mode batch Jacobian, whose memory
+# grows with A² times the activations (see `_forward_mode_inverse_jacobian`).
+MAX_REVERSE_JACOBIAN_DIM = 128
+JVP_CHUNK = 32
+
+
 class IRCPM(tfb.Bijector):
   """f(x) = exp_x(-grad ψ^c(x)), ψ^c(x) = min_y ½d(x,y)² + ψ(y) (Eqs. 2-3).
 
@@ -346,12 +354,49 @@ class IRCPM(tfb.Bijector):
     """
     m = self._manifold
     y_flat = m.projx(y_flat)
+    if m.ambient_dim > MAX_REVERSE_JACOBIAN_DIM:
+      return self._forward_mode_inverse_jacobian(y_flat)
     with tf.GradientTape(persistent=True) as tape:
       tape.watch(y_flat)
       x = self._inverse_flat(y_flat)
     jac = _autodiff.batch_jacobian(tape, x, y_flat)              # [N, A, A]
     jac = tf.linalg.matmul(jac, m.tangent_frame(y_flat))
     return tf.linalg.matmul(m.tangent_frame(x), jac, transpose_a=True), x
+
+  def _forward_mode_inverse_jacobian(self, y_flat):
+    """As `_intrinsic_inverse_jacobian`, from JVPs along the frame at y.
+
+    One forward-over-reverse pass per tangent direction E_y eₖ gives the
+    column J E_y eₖ directly: dim passes instead of ambient_dim reverse
+    passes, and no [N, A, A] ambient Jacobian. The directions run as extra
+    batch rows, `JVP_CHUNK` at a time, so memory is bounded by the chunk
+    rather than by dim: the pfor batch Jacobian of the nested tapes was
+    killed at 6.8 GB for 50 points on T²⁵⁶ with a conv ψ.
+    """
+    m = self._manifold
+    n = tf.shape(y_flat)[0]
+    a, d = m.ambient_dim, m.dim
+    k = min(JVP_CHUNK, d)
+    chunks = -(-d // k)
+    frame = tf.linalg.matrix_transpose(m.tangent_frame(y_flat))  # [N, d, A]
+    # Zero directions pad the last chunk; their columns are sliced off below.
+    frame = tf.pad(frame, [[0, 0], [0, chunks * k - d], [0, 0]])
+    frame = tf.transpose(tf.reshape(frame, [n, chunks, k, a]), [1, 0, 2, 3])
+    y_rep = tf.repeat(y_flat, k, axis=0)   # row i·k + j: point i, direction j
+
+    def columns(directions):                                     # [N, k, A]
+      with tf.autodiff.ForwardAccumulator(
+          y_rep, tf.reshape(directions, [-1, a])) as acc:
+        x_rep = self._inverse_flat(y_rep)
+      return tf.reshape(acc.jvp(x_rep), [n, k, a])
+
+    # One chunk at a time: run in parallel, the chunks' activations would
+    # all be alive at once (4.5 GB measured for 50 points on T²⁵⁶).
+    jac_t = tf.map_fn(columns, frame, parallel_iterations=1)     # [C, N, k, A]
+    jac_t = tf.reshape(tf.transpose(jac_t, [1, 0, 2, 3]), [n, chunks * k, a])
+    x = self._inverse_flat(y_flat)
+    return tf.linalg.matrix_transpose(                           # E_xᵀ J E_y
+        tf.linalg.matmul(jac_t[:, :d], m.tangent_frame(x))), x
 
   def inverse_jacobian_determinant(self, y: tf.Tensor) -> tf.Tensor:
     """Signed det of J_{f⁻¹}(y) between oriented tangent spaces, [...].
