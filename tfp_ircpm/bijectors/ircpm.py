@@ -390,9 +390,14 @@ class IRCPM(tfb.Bijector):
         x_rep = self._inverse_flat(y_rep)
       return tf.reshape(acc.jvp(x_rep), [n, k, a])
 
-    # One chunk at a time: run in parallel, the chunks' activations would
-    # all be alive at once (4.5 GB measured for 50 points on T²⁵⁶).
-    jac_t = tf.map_fn(columns, frame, parallel_iterations=1)     # [C, N, k, A]
+    if _xla.in_xla_context():
+      # tf2xla cannot differentiate a forward accumulator inside a while
+      # loop (dynamic BroadcastGradientArgs); XLA's scheduler bounds memory.
+      jac_t = tf.stack([columns(frame[c]) for c in range(chunks)])
+    else:
+      # One chunk at a time: run in parallel, the chunks' activations would
+      # all be alive at once (4.5 GB measured for 50 points on T²⁵⁶).
+      jac_t = tf.map_fn(columns, frame, parallel_iterations=1)   # [C, N, k, A]
     jac_t = tf.reshape(tf.transpose(jac_t, [1, 0, 2, 3]), [n, chunks * k, a])
     x = self._inverse_flat(y_flat)
     return tf.linalg.matrix_transpose(                           # E_xᵀ J E_y
