@@ -1,15 +1,17 @@
-"""Stochastic log-det gradients for training IRCPMs on high-dimensional tori.
+"""Stochastic log-det gradients for training IRCPMs in high dimension.
 
-On Tᵈ the inverse map is f⁻¹(y) = y + ∇ψ(y) (Sec. 4, flat metric), so
-J = J_{f⁻¹}(y) = I + Hess ψ(y): symmetric, and positive definite under the
-bounds of Lemmas 3-4. The exact log-det (Eq. 4) costs d reverse passes and an
-O(d³) factorisation per point. For training only its *gradient* is needed:
+The exact log-det (Eq. 4) costs one derivative pass per dimension and an
+O(d³) factorisation per point. For training only its *gradient* is needed.
+In symmetric form (see `logdet_surrogate`), log|det J_{f⁻¹}(y)| = log det H +
+log|det d exp|, with H the Riemannian Hessian of h(x, ·) at y = f(x):
+symmetric, positive definite under the bounds of Lemmas 3-4, and on Tᵈ equal
+to J itself, I + Hess ψ (the second term is closed form, 0 on tori). So
 
-    ∂ log det J = tr(J⁻¹ ∂J) = E_v[vᵀ J⁻¹ ∂J v]      (Hutchinson, E vvᵀ = I)
+    ∂ log det H = tr(H⁻¹ ∂H) = E_v[vᵀ H⁻¹ ∂H v]      (Hutchinson, E vvᵀ = I)
 
-so with u = J⁻¹v from conjugate gradients on Hessian-vector products, held
-constant, the surrogate s = uᵀ(J v) has E ∇s = ∇ log det J (the estimator of
-convex potential flows, Huang et al. 2021). J v is differentiated through ψ's
+and with u = H⁻¹v from conjugate gradients on Hessian-vector products, held
+constant, the surrogate s = uᵀ(H v) has E ∇s = ∇ log det H (the estimator of
+convex potential flows, Huang et al. 2021). H v is differentiated through ψ's
 variables and through y, which carries the implicit-function-theorem
 gradients of the solve (`matrix_free.forward`). The surrogate's value is
 s − stop_gradient(s) = 0: the loss it enters has the right gradient in
@@ -17,7 +19,8 @@ expectation, not the right value. Evaluation (ESS, KL) keeps exact log-dets.
 
 `reverse_kl_loss` trains a `TransformedDistribution` of IRCPMs this way, with
 the estimator chosen by argument: 'exact', 'stochastic', or 'auto' (stochastic
-on tori of dimension above `AUTO_EXACT_MAX_DIM`, exact otherwise).
+above `AUTO_EXACT_MAX_DIM` dimensions on tori, spheres and their products and
+powers, exact otherwise).
 """
 
 from typing import List, Optional, Tuple
@@ -46,19 +49,32 @@ ESTIMATORS = ('auto', 'exact', 'stochastic')
 AUTO_EXACT_MAX_DIM = 16
 
 
+def _has_symmetric_form(manifold: base.Manifold) -> bool:
+  """Whether log det J_{f⁻¹} = log det H + log det d exp is available.
+
+  It needs `Manifold.log_det_dexp` in closed form (tori, spheres, and their
+  products and powers); see `logdet_surrogate`.
+  """
+  if isinstance(manifold, torus_lib.Torus):
+    return True
+  probe = tf.zeros([1, manifold.ambient_dim])
+  return manifold.log_det_dexp(probe, probe) is not None
+
+
 def choose_estimator(manifold: base.Manifold, estimator: str = 'auto') -> str:
   """'exact' or 'stochastic' for `manifold`; validates the choice."""
   if estimator not in ESTIMATORS:
     raise ValueError(f'estimator must be one of {ESTIMATORS}, got '
                      f'{estimator!r}.')
-  flat = isinstance(manifold, torus_lib.Torus)
+  supported = _has_symmetric_form(manifold)
   if estimator == 'auto':
-    return 'stochastic' if flat and manifold.dim > AUTO_EXACT_MAX_DIM else (
+    return 'stochastic' if supported and manifold.dim > AUTO_EXACT_MAX_DIM else (
         'exact')
-  if estimator == 'stochastic' and not flat:
+  if estimator == 'stochastic' and not supported:
     raise ValueError(
-        f'The stochastic log-det needs a symmetric J_(f^-1) = I + Hess psi, '
-        f'i.e. a flat torus; got {manifold!r}. Use estimator="exact".')
+        f'The stochastic log-det needs log det d(exp) in closed form '
+        f'(Manifold.log_det_dexp), which {manifold!r} does not provide. Use '
+        f'estimator="exact".')
   return estimator
 
 
@@ -82,47 +98,96 @@ def jacobian_vector_product(potential, y: tf.Tensor, v: tf.Tensor) -> tf.Tensor:
   return v + hv
 
 
+def hessian_vector_product(manifold: base.Manifold, potential, x: tf.Tensor,
+                           y: tf.Tensor, v: tf.Tensor) -> tf.Tensor:
+  """P Hess_y h(x, ·) P v, [N, ambient]; differentiable in x, y and ψ (tapes).
+
+  The Hessian at w = 0 of the pull-back w ↦ h(x, exp_y(P_y w)): exp is a
+  second-order retraction, so this is the Riemannian Hessian of Sec. 4.2 on
+  T_y (and 0 on normal directions). On a torus it is (I + Hess ψ) v.
+  """
+  w = tf.zeros_like(y)
+  with tf.GradientTape() as outer:
+    outer.watch(w)
+    with tf.GradientTape() as inner:
+      inner.watch(w)
+      z = manifold.expmap(y, manifold.proju(y, w))
+      h = solvers.cost(manifold, potential, x, z)
+    g = inner.gradient(h, w, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    gv = tf.reduce_sum(g * v, axis=-1)
+  return outer.gradient(gv, w, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
 def logdet_surrogate(manifold: base.Manifold, potential, y: tf.Tensor,
                      probes: tf.Tensor, cg_rtol: Optional[float] = None,
                      cg_max_iterations: int = 100) -> tf.Tensor:
-  """Zero-valued s with E_v ∇s = ∇ log det(I + Hess ψ(y)), shape [N].
+  """Zero-valued s with E_v ∇s = ∇ log|det J_{f⁻¹}(y)|, shape [N].
+
+  Eq. 4 in symmetric form: differentiating the optimality condition
+  −log_y(x) + grad ψ(y) = 0 along x = f⁻¹(y) gives
+
+      log|det J_{f⁻¹}(y)| = log det H + log|det d(exp_y)|_{log_y x}|,
+
+  with H the Riemannian Hessian of h(x, ·) at y (symmetric positive
+  definite at the minimiser) and the second term in closed form
+  (`Manifold.log_det_dexp`; 0 on tori, where H = I + Hess ψ). It holds for
+  every (y, θ), since x = f⁻¹(y) is exact, so its gradient is
+  tr(H⁻¹ ∂H) + ∂(log det d exp): the first term by Hutchinson with tangent
+  probes P_y v (E[P v vᵀ P] = P) and u = H⁻¹ P v from CG, both held fixed;
+  the frame's own motion drops out of the trace (tr(EᵀdE + dEᵀE) = 0). The
+  second term is exact. x is the closed-form inverse, differentiable in y
+  and ψ, and y may carry the IFT gradients of the solve.
 
   Args:
-    manifold: a `Torus`.
+    manifold: a manifold with `log_det_dexp` (see `choose_estimator`).
     potential: ψ.
-    y: points [N, d], may carry gradients (e.g. from `matrix_free.forward`).
-    probes: [P, N, d] with E vvᵀ = I (`rademacher_probes`); with the P = d
-      basis vectors eₖ the sum over probes (= P × the returned mean) is the
-      exact gradient.
+    y: points [N, ambient], may carry gradients (e.g. from
+      `matrix_free.forward`).
+    probes: [P, N, ambient] with E vvᵀ = I on the tangent space
+      (`rademacher_probes`); with √dim times an orthonormal tangent basis
+      the mean over probes is the exact gradient.
     cg_rtol: CG relative tolerance (default 1e-5 in float32, 1e-10 in
       float64); the estimator is unbiased up to the CG error.
     cg_max_iterations: CG cap.
 
   Returns:
-    [N] tensor: mean over probes of uᵀJv − stop_gradient(uᵀJv).
+    [N] tensor: its value is 0; its gradient is as above (mean over probes).
   """
   choose_estimator(manifold, 'stochastic')
   y = tf.convert_to_tensor(y)
   probes = tf.cast(probes, y.dtype)
   num_probes = tf.shape(probes)[0]
-  d = manifold.dim
-  y_rep = tf.reshape(tf.tile(y[tf.newaxis], [num_probes, 1, 1]), [-1, d])
-  v = tf.reshape(probes, [-1, d])
+  a = manifold.ambient_dim
+  # x = f⁻¹(y) = exp_y(grad ψ(y)), as IRCPM._inverse_flat.
+  with tf.GradientTape() as tape:
+    tape.watch(y)
+    psi = solvers.call_potential(potential, y)
+  grad = manifold.proju(y, tape.gradient(
+      psi, y, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+  x = manifold.projx(manifold.expmap(y, grad))
+  tile = lambda t: tf.reshape(tf.tile(t[tf.newaxis], [num_probes, 1, 1]),
+                              [-1, a])
+  x_rep, y_rep = tile(x), tile(y)
+  v = tf.stop_gradient(manifold.proju(y_rep, tf.reshape(probes, [-1, a])))
   rtol = cg_rtol if cg_rtol is not None else (
       1e-5 if y.dtype == tf.float32 else 1e-10)
-  y_stop = tf.stop_gradient(y_rep)
+  x_stop, y_stop = tf.stop_gradient(x_rep), tf.stop_gradient(y_rep)
 
   def cg_solve(rhs):
+    # The operator is H on T_y and the identity on normals; rhs is tangent.
     return matrix_free.conjugate_gradient(
-        matrix_free.hvp(manifold, potential, y_stop, y_stop), rhs, rtol=rtol,
+        matrix_free.hvp(manifold, potential, x_stop, y_stop), rhs, rtol=rtol,
         max_iterations=cg_max_iterations).solution
 
   with record.stop_recording():
-    # J is symmetric, so uᵀ = vᵀJ⁻¹ is a plain solve.
+    # H is symmetric, so uᵀ = vᵀH⁻¹ is a plain solve.
     u = (tf.function(cg_solve)(v) if tf.executing_eagerly() else cg_solve(v))
   u = tf.stop_gradient(u)
-  s = tf.reduce_sum(u * jacobian_vector_product(potential, y_rep, v), -1)
+  s = tf.reduce_sum(
+      u * hessian_vector_product(manifold, potential, x_rep, y_rep, v), -1)
   s = tf.reduce_mean(tf.reshape(s, [num_probes, -1]), axis=0)
+  if not isinstance(manifold, torus_lib.Torus):
+    s += manifold.log_det_dexp(x, y)
   return s - tf.stop_gradient(s)
 
 
@@ -211,7 +276,9 @@ def min_eigenvalue(manifold: base.Manifold, potential, y: tf.Tensor,
   y = tf.convert_to_tensor(y)
   y_stop = tf.stop_gradient(y)
 
-  choose_estimator(manifold, 'stochastic')  # a torus
+  if not isinstance(manifold, torus_lib.Torus):
+    raise ValueError(f'min_eigenvalue needs a flat torus (J = I + Hess psi); '
+                     f'got {manifold!r}.')
   # Symbolic HVPs: tapes are paused for the iteration.
   jvp = matrix_free.hvp(manifold, potential, y_stop, y_stop)
 
