@@ -163,27 +163,26 @@ class Flow:
         seed=seed)
     return kl + FLAGS.barrier_weight * target.num_sites * penalty
 
-  def min_eigenvalues(self, n, seed):
-    """Exact min eigenvalue of I + Hess ψ per layer at n samples, [layers].
+  def min_eigenvalues(self, n, seed, chunk=25):
+    """Exact min eigenvalue of J = I + Hess ψ per layer at n samples, [layers].
 
     Samples whose solve did not converge (NaN under the default policy) are
-    left out; `evaluate` counts them as non-finite weights.
+    left out; `evaluate` counts them as non-finite weights. J is built
+    `chunk` points at a time (at L = 16 a pfor Hessian of 200 points was
+    killed at 20 GB).
     """
-    _, _, points, ok = logdet.sample_and_log_prob(
-        self.q, n, seed, 'exact', return_layer_points=True,
-        return_converged=True)
+    _, _, points, ok = tf.function(
+        lambda s: logdet.sample_and_log_prob(
+            self.q, n, s, 'exact', return_layer_points=True,
+            return_converged=True))(seed)
+    eig = tf.function(lambda b, y: tf.reduce_min(
+        tf.linalg.eigvalsh(b.intrinsic_inverse_jacobian(y)), axis=-1))
     out = []
-    for psi, y in zip(self.psis, points):
+    for layer, y in zip(self.bijectors, points):
       y = tf.boolean_mask(y, ok)
-      with tf.GradientTape() as t2:
-        t2.watch(y)
-        with tf.GradientTape() as t1:
-          t1.watch(y)
-          v = psi(y)
-        g = t1.gradient(v, y)
-      hess = t2.batch_jacobian(g, y)
-      out.append(1. + tf.reduce_min(tf.linalg.eigvalsh(hess)))
-    return tf.stack(out)
+      out.append(min(float(tf.reduce_min(eig(layer, y[i:i + chunk])))
+                     for i in range(0, int(tf.shape(y)[0]), chunk)))
+    return out
 
 
 def evaluate(model, target, num_samples, seed):
@@ -261,10 +260,14 @@ def main(_):
   metrics = evaluate(model, target, FLAGS.eval_samples, (FLAGS.seed, 99))
   eval_seconds = time.time() - start
   if isinstance(model, Flow) and FLAGS.model == 'xy':
-    metrics['min_eig_J'] = [float(v) for v in tf.function(
-        model.min_eigenvalues)(200, (FLAGS.seed, 7))]
+    metrics['min_eig_J'] = model.min_eigenvalues(
+        min(200, FLAGS.eval_samples), (FLAGS.seed, 7))
   result = dict(model=FLAGS.model, L=FLAGS.L, beta=FLAGS.beta, psi=FLAGS.psi,
                 layers=FLAGS.layers, params=params, estimator=estimator,
+                bond_term=FLAGS.bond_term, learning_rate=FLAGS.learning_rate,
+                barrier_floor=FLAGS.barrier_floor, seed=FLAGS.seed,
+                jit_compile=FLAGS.jit_compile,
+                eval_samples=FLAGS.eval_samples,
                 steps=FLAGS.steps, batch_size=FLAGS.batch_size,
                 train_seconds=train_seconds, seconds_per_step=per_step,
                 peak_rss_mb_train=rss_train, eval_seconds=eval_seconds,

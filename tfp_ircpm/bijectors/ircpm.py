@@ -403,6 +403,19 @@ class IRCPM(tfb.Bijector):
     return tf.linalg.matrix_transpose(                           # E_xᵀ J E_y
         tf.linalg.matmul(jac_t[:, :d], m.tangent_frame(x))), x
 
+  def intrinsic_inverse_jacobian(self, y: tf.Tensor) -> tf.Tensor:
+    """E_xᵀ J_{f⁻¹}(y) E_y, [..., dim, dim] (x = f⁻¹(y); Eq. 4's matrix).
+
+    On a torus the frames are the identity and this is I + Hess ψ(y), whose
+    eigenvalues say how far f⁻¹ is from folding (Lemma 3). Above
+    `MAX_REVERSE_JACOBIAN_DIM` ambient coordinates it is built from chunked
+    JVPs, with memory bounded by `JVP_CHUNK`.
+    """
+    y_flat, shape = self._flatten_points(y)
+    jac, _ = self._intrinsic_inverse_jacobian(y_flat)
+    d = self._manifold.dim
+    return tf.reshape(jac, tf.concat([shape[:-1], [d, d]], 0))
+
   def inverse_jacobian_determinant(self, y: tf.Tensor) -> tf.Tensor:
     """Signed det of J_{f⁻¹}(y) between oriented tangent spaces, [...].
 
