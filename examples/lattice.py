@@ -67,6 +67,8 @@ flags.DEFINE_integer('mcmc_chains', 64, 'Heat-bath chains.')
 flags.DEFINE_bool('jit_compile', False, 'Compile the training step with XLA.')
 flags.DEFINE_integer('seed', 0, 'Random seed.')
 flags.DEFINE_string('output_dir', 'results/lattice', 'Where to write JSON.')
+flags.DEFINE_bool('summarize', False, 'Only print the markdown table of every '
+                  'result JSON under --output_dir (searched recursively).')
 FLAGS = flags.FLAGS
 
 
@@ -218,7 +220,64 @@ def evaluate(model, target, num_samples, seed):
   return out
 
 
+def _fmt(value, spec='.3g'):
+  if value is None:
+    return '—'
+  if isinstance(value, float) and math.isnan(value):
+    return 'undefined'
+  return format(value, spec)
+
+
+def summarize(output_dir: str) -> str:
+  """One markdown row per result JSON under `output_dir`, grid-ordered.
+
+  MCMC columns come from any run of the same (model, L, β) that has them.
+  """
+  rows = []
+  for root, _, files in os.walk(output_dir):
+    for name in files:
+      if name.endswith('.json'):
+        with open(os.path.join(root, name)) as f:
+          data = json.load(f)
+        if isinstance(data, dict) and {'model', 'psi', 'ess'} <= set(data):
+          rows.append(data)
+  mcmc = {}
+  for r in rows:
+    if 'energy_mcmc' in r:
+      mcmc[(r['model'], r['L'], r['beta'])] = r
+  order = {'equivariant': 0, 'mlp': 1, 'meanfield': 2}
+  rows.sort(key=lambda r: (r['model'], r['L'], r['beta'], order[r['psi']]))
+  lines = ['| model | L | β | ψ | layers | params | steps | estimator | ESS | '
+           'KL (IS) | unconv. | e rew. | e MCMC | χ rew. | χ MCMC | '
+           'λ_min(J) | s/step | train RSS MB |',
+           '|' + '---|' * 18]
+  for r in rows:
+    ref = mcmc.get((r['model'], r['L'], r['beta']), {})
+    e_mcmc = (f"{ref['energy_mcmc']:.3f}±{ref['energy_mcmc_err']:.3f}"
+              if ref else '—')
+    chi_mcmc = f"{ref['chi_mcmc']:.3g}±{ref['chi_mcmc_err']:.2g}" if ref else (
+        '—')
+    flow = r['psi'] != 'meanfield'
+    ess = r['ess']
+    lines.append('| ' + ' | '.join([
+        r['model'], str(r['L']), f"{r['beta']:g}",
+        r['psi'] + (' + bond' if flow and r['psi'] == 'equivariant'
+                    and r.get('bond_term') else ''),
+        str(r.get('layers', '—')) if flow else '—', str(r['params']),
+        str(r['steps']), r['estimator'],
+        'undefined' if math.isnan(ess) else f'{100 * ess:.2f}%',
+        _fmt(r['kl_is']), f"{r['nonfinite']}/{r.get('eval_samples', '?')}",
+        _fmt(r['energy_reweighted']), e_mcmc, _fmt(r['chi_reweighted']),
+        chi_mcmc, _fmt(min(r['min_eig_J'])) if 'min_eig_J' in r else '—',
+        _fmt(r['seconds_per_step'], '.2g'),
+        _fmt(r['peak_rss_mb_train'], '.0f')]) + ' |')
+  return '\n'.join(lines)
+
+
 def main(_):
+  if FLAGS.summarize:
+    print(summarize(FLAGS.output_dir))
+    return
   tf.random.set_seed(FLAGS.seed)
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   target = make_target()

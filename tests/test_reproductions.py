@@ -42,3 +42,17 @@ def test_sphere_s2(tmp_path):
   result = json.loads((tmp_path / 's2.json').read_text())
   assert result['ess'] >= 99.5 and result['kl'] <= 0.003, result
   assert result['bounds']['guaranteed']
+
+
+@pytest.mark.slow
+def test_lattice_o3_flow_matches_heat_bath(tmp_path):
+  """O(3), L = 4, β = 0.5 (README lattice table): the equivariant flow's
+  exact ESS is high and its reweighted energy and χ match the heat bath."""
+  _run('lattice.py', tmp_path, '--model=o3', '--L=4', '--beta=0.5',
+       '--psi=equivariant', '--bond_term', '--layers=2', '--steps=100',
+       '--learning_rate=3e-3', '--eval_samples=500', '--mcmc_sweeps=1000')
+  r = json.loads((tmp_path / 'o3_L4_b0.5_equivariant.json').read_text())
+  assert r['nonfinite'] == 0 and r['ess'] > 0.5, r
+  err = 5 * r['energy_mcmc_err'] + 0.02 * abs(r['energy_mcmc'])
+  assert abs(r['energy_reweighted'] - r['energy_mcmc']) < err, r
+  assert abs(r['chi_reweighted'] - r['chi_mcmc']) < 0.05 * r['chi_mcmc'], r
