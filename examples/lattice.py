@@ -253,7 +253,7 @@ def summarize(output_dir: str) -> str:
            '|' + '---|' * 18]
   for r in rows:
     ref = mcmc.get((r['model'], r['L'], r['beta']), {})
-    e_mcmc = (f"{ref['energy_mcmc']:.3f}±{ref['energy_mcmc_err']:.3f}"
+    e_mcmc = (f"{ref['energy_mcmc']:.4f}±{ref['energy_mcmc_err']:.1g}"
               if ref else '—')
     chi_mcmc = f"{ref['chi_mcmc']:.3g}±{ref['chi_mcmc_err']:.2g}" if ref else (
         '—')

@@ -55,15 +55,14 @@ def test_log_dets_match_finite_differences(name):
   np.testing.assert_allclose(fldj, ref_f, atol=1e-7)
 
 
-@pytest.mark.parametrize('name', ['T1xS2', 'S2pow2'])
-def test_forward_mode_log_det_equals_the_reverse_mode_one(name, monkeypatch):
+def test_forward_mode_log_det_equals_the_reverse_mode_one(monkeypatch):
   """Above MAX_REVERSE_JACOBIAN_DIM the exact ildj comes from chunked JVPs.
 
-  Forced on small manifolds (with a chunk that does not divide dim, so the
-  padding is exercised), values and ψ-gradients match the pfor route.
+  Forced on T¹ × S² (a chunk of 2 does not divide dim 3, so the padding is
+  exercised), values and ψ-gradients match the pfor route.
   """
   ircpm_module = ircpm.bijectors.ircpm
-  m = MANIFOLDS[name]()
+  m = MANIFOLDS['T1xS2']()
   y = m.uniform(tf.float64).sample(8, seed=2)
 
   def value_and_grads():
