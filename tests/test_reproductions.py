@@ -50,7 +50,8 @@ def test_lattice_o3_flow_matches_heat_bath(tmp_path):
   exact ESS is high and its reweighted energy and χ match the heat bath."""
   _run('lattice.py', tmp_path, '--model=o3', '--L=4', '--beta=0.5',
        '--psi=equivariant', '--bond_term', '--layers=2', '--steps=100',
-       '--learning_rate=3e-3', '--eval_samples=500', '--mcmc_sweeps=1000')
+       '--learning_rate=3e-3', '--estimator=exact', '--eval_samples=500',
+       '--mcmc_sweeps=1000')
   r = json.loads((tmp_path / 'o3_L4_b0.5_equivariant.json').read_text())
   assert r['nonfinite'] == 0 and r['ess'] > 0.5, r
   err = 5 * r['energy_mcmc_err'] + 0.02 * abs(r['energy_mcmc'])
