@@ -68,8 +68,8 @@ def choose_estimator(manifold: base.Manifold, estimator: str = 'auto') -> str:
                      f'{estimator!r}.')
   supported = _has_symmetric_form(manifold)
   if estimator == 'auto':
-    return 'stochastic' if supported and manifold.dim > AUTO_EXACT_MAX_DIM else (
-        'exact')
+    high = manifold.dim > AUTO_EXACT_MAX_DIM
+    return 'stochastic' if supported and high else 'exact'
   if estimator == 'stochastic' and not supported:
     raise ValueError(
         f'The stochastic log-det needs log det d(exp) in closed form '
@@ -115,7 +115,8 @@ def hessian_vector_product(manifold: base.Manifold, potential, x: tf.Tensor,
       h = solvers.cost(manifold, potential, x, z)
     g = inner.gradient(h, w, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     gv = tf.reduce_sum(g * v, axis=-1)
-  return outer.gradient(gv, w, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  return outer.gradient(gv, w,
+                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 def logdet_surrogate(manifold: base.Manifold, potential, y: tf.Tensor,
