@@ -58,8 +58,9 @@ flags.DEFINE_float('learning_rate', 1e-3, 'Initial Adam rate (cosine decay).')
 flags.DEFINE_enum('estimator', 'auto', list(logdet.ESTIMATORS),
                   'Training log-det estimator.')
 flags.DEFINE_float('barrier_weight', 10., 'Weight (per site) of the '
-                   'logdet.min_eigenvalue_penalty guard on I + Hess psi.')
-flags.DEFINE_float('barrier_floor', 0.5, 'Floor on λ_min(I + Hess psi).')
+                   'logdet.min_eigenvalue_penalty guard on the Riemannian '
+                   'Hessian H of h(x, ·) (I + Hess psi on tori).')
+flags.DEFINE_float('barrier_floor', 0.5, 'Floor on λ_min(H).')
 flags.DEFINE_integer('eval_samples', 2000, 'Samples for the exact ESS.')
 flags.DEFINE_integer('eval_batch', 250, 'Evaluation batch size.')
 flags.DEFINE_integer('mcmc_sweeps', 2000, 'Heat-bath sweeps (0: no MCMC).')
@@ -161,8 +162,7 @@ class Flow:
     terms = tf.where(ok, log_q + target.energy(y), 0.)
     kl = tf.reduce_sum(terms) / tf.maximum(
         tf.reduce_sum(tf.cast(ok, terms.dtype)), 1.)
-    if not FLAGS.barrier_weight or not isinstance(
-        target.manifold, ircpm.manifolds.Torus):
+    if not FLAGS.barrier_weight:
       return kl
     points = [tf.where(ok[:, None], p, tf.stop_gradient(p)) for p in points]
     penalty = logdet.min_eigenvalue_penalty(

@@ -361,21 +361,21 @@ def test_surrogate_gradient_is_unbiased_with_rademacher_probes():
     assert np.abs(samples[0] - exact[k].numpy()).max() > 1e-4
 
 
+class _NoDexpSphere(M.Sphere):
+  """A manifold that does not know log det d exp."""
+
+  def log_det_dexp(self, x, y):
+    return None
+
+
 def test_estimator_choice_and_loss_hook():
   assert logdet.choose_estimator(M.Torus(16)) == 'exact'
   assert logdet.choose_estimator(M.Torus(64)) == 'stochastic'
   assert logdet.choose_estimator(M.Sphere(2)) == 'exact'
   assert logdet.choose_estimator(M.Sphere(2), 'stochastic') == 'stochastic'
-
-
-  class NoDexp(M.Sphere):       # a manifold that does not know log det d exp
-
-    def log_det_dexp(self, x, y):
-      return None
-
-  assert logdet.choose_estimator(NoDexp(2), 'auto') == 'exact'
+  assert logdet.choose_estimator(_NoDexpSphere(2), 'auto') == 'exact'
   with pytest.raises(ValueError, match='log_det_dexp'):
-    logdet.choose_estimator(NoDexp(2), 'stochastic')
+    logdet.choose_estimator(_NoDexpSphere(2), 'stochastic')
   with pytest.raises(ValueError, match='estimator'):
     logdet.choose_estimator(M.Torus(4), 'hutch')
   m = M.Torus(4)
@@ -408,6 +408,56 @@ def test_min_eigenvalue_estimate():
   estimate = logdet.min_eigenvalue(m, psi, y, iterations=200).numpy()
   assert np.all(estimate >= exact - 1e-9)   # a Rayleigh quotient
   np.testing.assert_allclose(estimate, exact, atol=1e-2)
+
+
+def _dense_riemannian_hessian(m, psi, y):
+  """H of h(f⁻¹(y), ·) at y in m's tangent frame, [N, dim, dim]."""
+  x = logdet._inverse(m, psi, y)  # pylint: disable=protected-access
+  frame = m.tangent_frame(y)
+  columns = [logdet.hessian_vector_product(m, psi, x, y, frame[..., j])
+             for j in range(m.dim)]
+  return tf.einsum('nak,jna->nkj', frame, tf.stack(columns))
+
+
+def test_min_hessian_eigenvalue_on_s2_power_and_its_gradient():
+  """λ_min of the Riemannian Hessian on (S²)⁴: value and Hellmann-Feynman
+  gradient against the dense Hessian in a tangent frame (finite differences
+  in ψ's read-out, through x = f⁻¹(y) as well)."""
+  l = 2
+  m = M.Power(M.Sphere(2), l * l)
+  psi = _o3_psi(l, scale=0.5, seed=4)
+  y = m.uniform(tf.float64).sample(3, seed=(2, 9))
+  dense = lambda: tf.reduce_min(tf.linalg.eigvalsh(
+      _dense_riemannian_hessian(m, psi, y)), axis=-1)
+  exact = dense().numpy()
+  # H is the right matrix: log det H + log det d exp = log|det J_{f⁻¹}|
+  # (symmetric Eq. 4) against the IRCPM's own exact log-det.
+  x = logdet._inverse(m, psi, y)  # pylint: disable=protected-access
+  np.testing.assert_allclose(
+      tf.linalg.logdet(_dense_riemannian_hessian(m, psi, y))
+      + m.log_det_dexp(x, y),
+      ircpm.IRCPM(m, psi).inverse_log_det_jacobian(y, event_ndims=1),
+      atol=1e-9)
+  with tf.GradientTape() as tape:
+    estimate = logdet.min_hessian_eigenvalue(m, psi, y, iterations=300,
+                                             seed=(1, 2))
+  grad = tape.gradient(estimate, psi.readout).numpy()   # of Σ_points
+  assert np.all(estimate >= exact - 1e-9)   # a Rayleigh quotient
+  np.testing.assert_allclose(estimate, exact, atol=1e-6)
+  assert np.abs(exact - 1.).max() > 0.05    # H is not the identity here
+  direction = np.random.default_rng(0).normal(size=psi.readout.shape)
+  eps = 1e-5
+  values = []
+  for sign in (1., -1.):
+    psi.readout.assign_add(sign * eps * direction)
+    values.append(dense().numpy().sum())
+    psi.readout.assign_sub(sign * eps * direction)
+  fd = (values[0] - values[1]) / (2 * eps)
+  np.testing.assert_allclose(grad @ direction, fd, rtol=1e-4)
+  assert abs(fd) > 1e-3, fd
+  # A manifold without the symmetric form is refused with a clear error.
+  with pytest.raises(ValueError, match='log_det_dexp'):
+    logdet.min_hessian_eigenvalue(_NoDexpSphere(2), psi, y)
 
 
 # -- MCMC -------------------------------------------------------------------------
