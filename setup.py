@@ -23,6 +23,9 @@ setuptools.setup(
         'numpy>=1.26,<3',
         'absl-py>=2.1',
         'pytest>=8',
+        # The test command runs two workers (-n 2): most of the suite's time
+        # is single-threaded tracing, and CI has 2 cores.
+        'pytest-xdist>=3',
         'hypothesis>=6',
     ],
     extras_require={'examples': ['matplotlib']},
