@@ -52,6 +52,9 @@ flags.DEFINE_integer('hidden', 16, 'Channels of the two conv layers.')
 flags.DEFINE_bool('bond_term', False, 'Equivariant ψ also gets a learnable '
                   'linear term in the bond features (contains αu; see '
                   'potentials.LatticeConvPotential).')
+flags.DEFINE_bool('pair_term', False, 'Equivariant ψ also gets a learnable '
+                  'all-pairs coupling Σ W(rᵢ − rⱼ) sᵢ·sⱼ of unlimited range '
+                  '(see potentials.LatticeConvPotential).')
 flags.DEFINE_float('output_scale', 0.1, 'ψ output scale.')
 flags.DEFINE_integer('batch_size', 64, 'Samples per step.')
 flags.DEFINE_float('learning_rate', 1e-3, 'Initial Adam rate (cosine decay).')
@@ -134,7 +137,7 @@ class Flow:
       conv = potentials.LatticeConvPotential(
           FLAGS.L, FLAGS.model, (FLAGS.hidden, FLAGS.hidden),
           output_scale=FLAGS.output_scale, seed=FLAGS.seed + i,
-          bond_term=FLAGS.bond_term)
+          bond_term=FLAGS.bond_term, pair_term=FLAGS.pair_term)
       conv_params = conv.num_parameters
       if kind == 'equivariant':
         self.psis.append(conv)
@@ -273,7 +276,9 @@ def summarize(output_dir: str) -> str:
     lines.append('| ' + ' | '.join([
         r['model'], str(r['L']), f"{r['beta']:g}",
         r['psi'] + (' + bond' if flow and r['psi'] == 'equivariant'
-                    and r.get('bond_term') else ''),
+                    and r.get('bond_term') else '')
+        + (' + pair' if flow and r['psi'] == 'equivariant'
+           and r.get('pair_term') else ''),
         str(r.get('layers', '—')) if flow else '—', str(r['params']),
         str(r['steps']), r['estimator'],
         'undefined' if math.isnan(ess) else f'{100 * ess:.2f}%',
@@ -334,7 +339,8 @@ def main(_):
         min(200, FLAGS.eval_samples), (FLAGS.seed, 7))
   result = dict(model=FLAGS.model, L=FLAGS.L, beta=FLAGS.beta, psi=FLAGS.psi,
                 layers=FLAGS.layers, params=params, estimator=estimator,
-                bond_term=FLAGS.bond_term, learning_rate=FLAGS.learning_rate,
+                bond_term=FLAGS.bond_term, pair_term=FLAGS.pair_term,
+                learning_rate=FLAGS.learning_rate,
                 barrier_floor=FLAGS.barrier_floor, seed=FLAGS.seed,
                 jit_compile=FLAGS.jit_compile,
                 eval_samples=FLAGS.eval_samples,

@@ -186,6 +186,55 @@ def test_bond_term_contains_the_energy_and_keeps_invariance_and_bounds():
   assert 1. < eig <= float(full.hessian_bound())
 
 
+def test_pair_term_is_the_all_pairs_coupling_invariant_and_bounded():
+  rng = np.random.default_rng(4)
+  l, n = 4, 5
+  w = rng.normal(size=(l, l))
+  r = np.stack(np.meshgrid(np.arange(l), np.arange(l), indexing='ij'),
+               -1).reshape(-1, 2)
+
+  def explicit(s):        # Σ_{i≠j} W(rᵢ − rⱼ) sᵢ·sⱼ, s [n, L², a]
+    out = np.zeros(len(s))
+    for i in range(l * l):
+      for j in range(l * l):
+        if i != j:
+          d = (r[i] - r[j]) % l
+          out += w[d[0], d[1]] * (s[:, i] * s[:, j]).sum(-1)
+    return out
+
+  theta = rng.uniform(0, 2 * np.pi, (n, l * l))
+  spins = rng.normal(size=(n, l * l, 3))
+  spins /= np.linalg.norm(spins, axis=-1, keepdims=True)
+  for spin, x, s in [('xy', theta, np.stack([np.cos(theta), np.sin(theta)],
+                                            -1)),
+                     ('o3', spins.reshape(n, -1), spins)]:
+    make = lambda pair: potentials.LatticeConvPotential(
+        l, spin, (8, 8), output_scale=1., seed=6, dtype=tf.float64,
+        pair_term=pair)
+    psi, plain = make(True), make(False)
+    assert psi.num_parameters == plain.num_parameters + l * l
+    psi.pair_weights.assign(w)
+    np.testing.assert_allclose(psi(tf.constant(x)) - plain(tf.constant(x)),
+                               explicit(s), rtol=1e-10)
+    # Invariant under the global group and lattice translations.
+    grid = s.reshape(n, l, l, -1)
+    moved = np.roll(grid, (1, 3), axis=(1, 2))
+    if spin == 'xy':
+      moved = np.roll(theta.reshape(n, l, l), (1, 3), axis=(1, 2)) + 0.9
+    else:
+      moved = moved @ _random_rotation(rng).T
+    np.testing.assert_allclose(psi(tf.constant(moved.reshape(n, -1))),
+                               psi(tf.constant(x)), rtol=1e-11)
+  # XY: the Hessian bound (network + 4 Σ|W|) still dominates.
+  psi = potentials.LatticeConvPotential(l, 'xy', (8, 8), output_scale=1.,
+                                        seed=6, dtype=tf.float64,
+                                        pair_term=True)
+  psi.pair_weights.assign(w)
+  hess = tf.function(_dense_hessian)
+  eig = np.abs(np.linalg.eigvalsh(hess(psi, tf.constant(theta)))).max()
+  assert 1. < eig <= float(psi.hessian_bound())
+
+
 # -- matrix-free solve -----------------------------------------------------------
 
 

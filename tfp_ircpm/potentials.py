@@ -425,6 +425,15 @@ class LatticeConvPotential(tf.Module):
       −u/β = Σ_⟨ij⟩ cos(θᵢ − θⱼ) for XY: the paper's αu family of Sec. 3.3,
       which Lemma 2 suggests as the leading term of ψ (on a uniform base
       log det(I + α Hess u) = −2αu + O(α²)), with the network as correction.
+    pair_term: add Σ_{i,j} W(rᵢ − rⱼ) sᵢ·sⱼ, a learnable coupling of *every*
+      pair of spins (sᵢ = (cos θᵢ, sin θᵢ) for XY) through a periodic kernel
+      W [L, L] of the displacement (started at 0; W(0) is unused, sᵢ·sᵢ = 1).
+      Invariant under both groups, like the network, but of unlimited range:
+      the network sees 1 + len(hidden_units) sites each way, while the
+      target's long-wavelength modes (spin waves; their variance ∝
+      1/(β λ_k) for Laplacian eigenvalues λ_k) couple the whole lattice. In
+      the spin-wave regime Hess ψ of this term is a circulant, so each layer
+      can set the contraction of every Fourier mode k on its own (Ŵ(k)).
   """
 
   _OFFSETS = tuple((a, b) for a in (-1, 0, 1) for b in (-1, 0, 1))
@@ -438,6 +447,7 @@ class LatticeConvPotential(tf.Module):
                seed: Optional[int] = None,
                certified: bool = False,
                bond_term: bool = False,
+               pair_term: bool = False,
                name: str = 'lattice_conv_potential'):
     super().__init__(name=name)
     if spin not in ('xy', 'o3'):
@@ -468,6 +478,16 @@ class LatticeConvPotential(tf.Module):
       self.bond_weights = (tf.Variable(tf.zeros([in_channels], self._dtype),
                                        name='bond_weights')
                            if bond_term else None)
+      self.pair_weights = (tf.Variable(tf.zeros([lattice_size] * 2,
+                                                self._dtype),
+                                       name='pair_weights')
+                           if pair_term else None)
+    l = self.lattice_size
+    sites = np.stack(np.meshgrid(np.arange(l), np.arange(l), indexing='ij'),
+                     -1).reshape(-1, 2)
+    disp = (sites[:, None] - sites[None, :]) % l
+    # C[i, j] = W(rᵢ − rⱼ) is a gather of W: index of each pair's displacement.
+    self._pair_index = disp[..., 0] * l + disp[..., 1]
 
   @property
   def num_parameters(self) -> int:
@@ -518,6 +538,11 @@ class LatticeConvPotential(tf.Module):
     if self.bond_weights is not None:      # the linear term adds to ∂ψ/∂φ
       a_0 = a_0 + tf.abs(self.bond_weights)
     bound = 4. * (tf.norm(a_0[:2]) + tf.norm(a_0[2:]))
+    if self.pair_weights is not None:
+      # Σ_ij W_ij cos(θᵢ − θⱼ) has Hessian entries 2S_kl cos(θ_k − θ_l) off the
+      # diagonal and minus their row sums on it (S = sym W), so by
+      # Gershgorin ‖·‖ <= 4 max_k Σ_l |S_kl| <= 4 Σ_{r≠0} |W(r)|.
+      bound += 4. * tf.reduce_sum(tf.abs(self._pair_kernel(self._dtype)))
     for k, norm in enumerate(norms, start=1):
       bound += 0.25 * tf.reduce_max(sens[k]) * tf.square(norm) * jac_sq[k - 1]
     return bound
@@ -525,6 +550,20 @@ class LatticeConvPotential(tf.Module):
   def certified_scale(self) -> tf.Tensor:
     """min(1, 0.98 / hessian_bound()): ψ times it has ‖Hess ψ‖ <= 0.98."""
     return tf.minimum(tf.ones([], self._dtype), 0.98 / self.hessian_bound())
+
+  def _pair_kernel(self, dtype) -> tf.Tensor:
+    """W [L²] with W(0) = 0 (it would only add a constant)."""
+    w = tf.reshape(tf.cast(self.pair_weights, dtype), [-1])
+    return tf.concat([tf.zeros([1], dtype), w[1:]], 0)
+
+  def _pair_energy(self, x: tf.Tensor) -> tf.Tensor:
+    """Σ_{i,j} W(rᵢ − rⱼ) sᵢ·sⱼ for points [N, ambient_dim] → [N]."""
+    if self.spin == 'xy':
+      s = tf.stack([tf.cos(x), tf.sin(x)], -1)       # [N, L², 2]
+    else:
+      s = tf.reshape(x, [-1, self.lattice_size ** 2, 3])
+    coupling = tf.gather(self._pair_kernel(x.dtype), self._pair_index)
+    return tf.einsum('nia,ij,nja->n', s, coupling, s)
 
   def _conv(self, h: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     out = 0.
@@ -546,6 +585,8 @@ class LatticeConvPotential(tf.Module):
     if self.bond_weights is not None:
       out += tf.reduce_sum(tf.linalg.matvec(
           features, tf.cast(self.bond_weights, dtype)), axis=[1, 2])
+    if self.pair_weights is not None:
+      out += self._pair_energy(tf.reshape(x, [-1, self.ambient_dim]))
     if self.certified:
       out = out * tf.cast(self.certified_scale(), dtype)
     return tf.reshape(out, batch_shape)
