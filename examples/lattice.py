@@ -64,6 +64,8 @@ flags.DEFINE_float('barrier_weight', 10., 'Weight (per site) of the '
                    'logdet.min_eigenvalue_penalty guard on the Riemannian '
                    'Hessian H of h(x, ·) (I + Hess psi on tori).')
 flags.DEFINE_float('barrier_floor', 0.5, 'Floor on λ_min(H).')
+flags.DEFINE_float('tolerance', None, 'Solve tolerance on ‖grad h‖ (default '
+                   'solvers.default_tolerance: 1e-5 in float32).')
 flags.DEFINE_integer('eval_samples', 2000, 'Samples for the exact ESS.')
 flags.DEFINE_integer('eval_batch', 250, 'Evaluation batch size.')
 flags.DEFINE_integer('mcmc_sweeps', 2000, 'Heat-bath sweeps (0: no MCMC).')
@@ -146,7 +148,8 @@ class Flow:
         self.psis.append(potentials.MLP(m, (width, width),
                                         output_scale=FLAGS.output_scale,
                                         seed=FLAGS.seed + i))
-    self.bijectors = [ircpm.IRCPM(m, p) for p in self.psis]
+    self.bijectors = [ircpm.IRCPM(m, p, tolerance=FLAGS.tolerance)
+                      for p in self.psis]
     self.q = tfd.TransformedDistribution(
         m.uniform(), tfb.Chain(list(reversed(self.bijectors))))
     self.trainable_variables = [v for p in self.psis
@@ -342,6 +345,7 @@ def main(_):
                 bond_term=FLAGS.bond_term, pair_term=FLAGS.pair_term,
                 learning_rate=FLAGS.learning_rate,
                 barrier_floor=FLAGS.barrier_floor, seed=FLAGS.seed,
+                tolerance=FLAGS.tolerance,
                 jit_compile=FLAGS.jit_compile,
                 eval_samples=FLAGS.eval_samples,
                 steps=FLAGS.steps, batch_size=FLAGS.batch_size,
