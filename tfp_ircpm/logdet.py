@@ -236,11 +236,15 @@ def sample_and_log_prob(q: tfd.TransformedDistribution, n: int, seed=None,
   points = []
   converged = tf.ones(tf.shape(x)[:1], tf.bool)
   for i, layer in enumerate(layers):
+    # The layer's own tolerance and Newton cap (matrix_free's default cap
+    # where the layer sets none).
+    cap = layer._max_iterations  # pylint: disable=protected-access
     y, ok = matrix_free.forward(
         layer.manifold, layer.potential, y,
         tolerance=layer._tolerance,  # pylint: disable=protected-access
         nonconvergence='ignore' if return_converged else 'nan',
-        return_converged=True)
+        return_converged=True,
+        **({} if cap is None else {'max_iterations': cap}))
     converged &= ok
     points.append(y)
     if estimator == 'exact':
