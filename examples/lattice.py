@@ -55,6 +55,15 @@ flags.DEFINE_bool('bond_term', False, 'Equivariant ψ also gets a learnable '
 flags.DEFINE_bool('pair_term', False, 'Equivariant ψ also gets a learnable '
                   'all-pairs coupling Σ W(rᵢ − rⱼ) sᵢ·sⱼ of unlimited range '
                   '(see potentials.LatticeConvPotential).')
+flags.DEFINE_enum('base', 'uniform', ['uniform', 'symmetric'],
+                  "Flow base: the uniform measure, or "
+                  "distributions.SymmetricMeanField (i.i.d. von Mises(-Fisher) "
+                  "sites about a uniformly random common direction; κ is "
+                  "trained with the flow).")
+flags.DEFINE_float('base_concentration', 2., 'Initial κ of --base=symmetric.')
+flags.DEFINE_bool('spin_wave', False, 'Start the first IRCPM\'s pair kernel '
+                  'at potentials.spin_wave_pair_weights(L, β, κ) (needs '
+                  '--pair_term and --base=symmetric).')
 flags.DEFINE_float('output_scale', 0.1, 'ψ output scale.')
 flags.DEFINE_integer('batch_size', 64, 'Samples per step.')
 flags.DEFINE_float('learning_rate', 1e-3, 'Initial Adam rate (cosine decay).')
@@ -129,10 +138,18 @@ class MeanField(tf.Module):
 
 
 class Flow:
-  """A stack of IRCPMs over the uniform base, sampled matrix-free."""
+  """A stack of IRCPMs over the uniform or symmetric base, sampled matrix-free."""
 
   def __init__(self, target, kind):
     m = target.manifold
+    base = m.uniform()
+    base_variables = []
+    if FLAGS.base == 'symmetric':
+      kappa = tfp.util.TransformedVariable(
+          FLAGS.base_concentration, tfb.Softplus(), name='base_concentration')
+      base = ircpm.distributions.SymmetricMeanField(
+          target.num_sites, target.spin_dim, kappa)
+      base_variables = list(kappa.trainable_variables)
     self.psis = []
     conv_params = None
     for i in range(FLAGS.layers):
@@ -140,6 +157,9 @@ class Flow:
           FLAGS.L, FLAGS.model, (FLAGS.hidden, FLAGS.hidden),
           output_scale=FLAGS.output_scale, seed=FLAGS.seed + i,
           bond_term=FLAGS.bond_term, pair_term=FLAGS.pair_term)
+      if FLAGS.spin_wave and i == 0:
+        conv.pair_weights.assign(potentials.spin_wave_pair_weights(
+            FLAGS.L, FLAGS.beta, FLAGS.base_concentration))
       conv_params = conv.num_parameters
       if kind == 'equivariant':
         self.psis.append(conv)
@@ -151,9 +171,9 @@ class Flow:
     self.bijectors = [ircpm.IRCPM(m, p, tolerance=FLAGS.tolerance)
                       for p in self.psis]
     self.q = tfd.TransformedDistribution(
-        m.uniform(), tfb.Chain(list(reversed(self.bijectors))))
-    self.trainable_variables = [v for p in self.psis
-                                for v in p.trainable_variables]
+        base, tfb.Chain(list(reversed(self.bijectors))))
+    self.trainable_variables = base_variables + [
+        v for p in self.psis for v in p.trainable_variables]
 
   def sample_and_log_prob(self, n, seed, estimator='exact'):
     return logdet.sample_and_log_prob(self.q, n, seed, estimator)

@@ -590,3 +590,42 @@ class LatticeConvPotential(tf.Module):
     if self.certified:
       out = out * tf.cast(self.certified_scale(), dtype)
     return tf.reshape(out, batch_shape)
+
+
+def spin_wave_pair_weights(lattice_size: int, beta: float,
+                           concentration: float, scale: float = 1.
+                           ) -> np.ndarray:
+  """Pair kernel W [L, L] whose IRCPM maps site noise to spin waves.
+
+  For `LatticeConvPotential(pair_term=True)` over `SymmetricMeanField(κ)`:
+  the kernel with which one IRCPM turns the base's i.i.d. site fluctuations
+  (variance ≈ 1/κ about the common direction) into the Gaussian spin-wave
+  approximation of the target, u ≈ (β/2) θᵀΔθ (Δ the lattice Laplacian;
+  O(3) has two such transverse fields per site).
+
+  Near the aligned state the pair term ψ = Σ_{i≠j} W(rᵢ − rⱼ) sᵢ·sⱼ has
+  Hess ψ = 2(S − diag(S1)), S the circulant of W, so J_{f⁻¹} = I + Hess ψ
+  has eigenvalues 1 + 2(Ŵ(k) − Ŵ(0)) on the Fourier modes k, and
+  y = J⁻¹x has covariance J⁻²/κ. Matching (βΔ)⁻¹ on every k ≠ 0 needs
+  J(k) = √(βλ_k/κ), λ_k = Σ_axes 4 sin²(k_a/2); the zero mode (the global
+  direction, which the base already draws uniformly) keeps J = 1, and
+  Ŵ's mean is fixed by W(0) = 0. `scale` interpolates: J(k) = 1 +
+  scale (√(βλ_k/κ) − 1) (0: identity map).
+
+  The map is contracting on modes with βλ_k > κ and expanding on the rest;
+  its λ_min(J) at the aligned state is min(1, 1 + scale(√(βλ_min/κ) − 1)),
+  λ_min = 4 sin²(π/L), which must stay above the guard's floor.
+
+  Returns:
+    W [L, L] (float64), with W(0) = 0 and W(r) = W(−r).
+  """
+  l = int(lattice_size)
+  k = 2. * np.pi * np.arange(l) / l
+  lam = (4. * np.sin(k[:, None] / 2.) ** 2 + 4. * np.sin(k[None, :] / 2.) ** 2)
+  target = np.sqrt(beta * lam / concentration)
+  target[0, 0] = 1.
+  w_hat = (scale * (target - 1.)) / 2.
+  w_hat -= w_hat.mean()
+  w = np.real(np.fft.ifft2(w_hat))
+  w[0, 0] = 0.
+  return w

@@ -1,0 +1,237 @@
+"""distributions.SymmetricMeanField and potentials.spin_wave_pair_weights:
+the closed-form orbit average against quadrature, normalisation, the sampler
+against the density, reparameterised gradients, invariance, and the
+spin-wave map's spectrum and covariance."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+import tfp_ircpm as ircpm
+from tfp_ircpm import matrix_free
+from tfp_ircpm import potentials
+from tests.conftest import fibonacci_sphere
+
+M = ircpm.manifolds
+tfd = tfp.distributions
+SMF = ircpm.distributions.SymmetricMeanField
+
+
+def _mean_alignment(spin_dim, kappa):
+  """A(κ) = E[μ·s] under vM / vMF(μ, κ), and dA/dκ."""
+  if spin_dim == 2:
+    i0, i1 = np.i0(kappa), _bessel_i1(kappa)
+    a = i1 / i0
+    return a, 1. - a / kappa - a * a
+  a = 1. / np.tanh(kappa) - 1. / kappa
+  return a, 1. / kappa ** 2 - 1. / np.sinh(kappa) ** 2
+
+
+def _bessel_i1(z):
+  # I₁(z) = (1/π) ∫₀^π e^{z cos t} cos t dt; the midpoint rule on a periodic
+  # analytic integrand is spectrally accurate.
+  t = (np.arange(4096) + 0.5) * np.pi / 4096
+  return np.mean(np.exp(z * np.cos(t)) * np.cos(t))
+
+
+def _random_points(spin_dim, n, num_sites, rng):
+  if spin_dim == 2:
+    return rng.uniform(0., 2. * np.pi, (n, num_sites))
+  s = rng.normal(size=(n, num_sites, 3)) + np.array([0., 0., 1.5])
+  s /= np.linalg.norm(s, axis=-1, keepdims=True)
+  return s.reshape(n, -1)
+
+
+@pytest.mark.parametrize('spin_dim', [2, 3])
+def test_log_prob_is_the_orbit_average_of_the_mean_field(spin_dim):
+  """p(s) = ∫ Π vM(F)(sᵢ; μ, κ) dμ/|S^{n-1}|, the integral by quadrature
+  over μ with TFP's own von Mises(-Fisher) densities."""
+  rng = np.random.default_rng(0)
+  kappa, num_sites = 1.3, 8
+  x = _random_points(spin_dim, 5, num_sites, rng)
+  if spin_dim == 2:
+    mus = (np.arange(2048) + 0.5) * 2. * np.pi / 2048     # [Q]
+    site = tfd.VonMises(mus[:, None, None], kappa).log_prob(x[None])
+  else:
+    mus = fibonacci_sphere(200000)                           # [Q, 3]
+    site = tfd.VonMisesFisher(mus[:, None, None, :], kappa).log_prob(
+        x.reshape(1, 5, num_sites, 3))
+  joint = tf.reduce_sum(site, -1)                            # [Q, 5]
+  expected = tf.reduce_logsumexp(joint, 0) - np.log(len(mus))
+  got = SMF(num_sites, spin_dim, tf.constant(kappa, tf.float64)).log_prob(x)
+  np.testing.assert_allclose(got, expected, rtol=0., atol=1e-6)
+
+
+def test_density_integrates_to_one():
+  kappa = tf.constant(2.5, tf.float64)
+  # XY, N = 2: midpoint rule on T² (periodic, analytic: spectral accuracy).
+  g = (np.arange(128) + 0.5) * 2. * np.pi / 128
+  grid = np.stack(np.meshgrid(g, g, indexing='ij'), -1).reshape(-1, 2)
+  total = np.exp(SMF(2, 2, kappa).log_prob(grid)).sum() * (2. * np.pi /
+                                                            128) ** 2
+  np.testing.assert_allclose(total, 1., rtol=1e-10)
+  # O(3), N = 2: rotation invariance fixes s₁ = e₃, so the integral over
+  # (S²)² is 4π ∫ p(e₃, s₂) ds₂ (equal-area points).
+  s2 = fibonacci_sphere(20000)
+  pts = np.concatenate([np.tile([[0., 0., 1.]], (len(s2), 1)), s2], -1)
+  total = 4. * np.pi * np.exp(SMF(2, 3, kappa).log_prob(pts)).mean() * (
+      4. * np.pi)
+  np.testing.assert_allclose(total, 1., rtol=1e-6)
+  # One site: the orbit average of a single von Mises(-Fisher) is uniform.
+  np.testing.assert_allclose(np.exp(SMF(1, 2, kappa).log_prob([[0.7]])),
+                             1. / (2. * np.pi), rtol=1e-12)
+  np.testing.assert_allclose(
+      np.exp(SMF(1, 3, kappa).log_prob([[0.6, 0., 0.8]])), 1. / (4. * np.pi),
+      rtol=1e-12)
+
+
+@pytest.mark.parametrize('spin_dim', [2, 3])
+@pytest.mark.parametrize('dtype', [tf.float32, tf.float64])
+def test_sampler_matches_density_and_its_pathwise_gradient(spin_dim, dtype):
+  """E|M|² = N + N(N−1)A(κ)² and its κ-derivative, from reparameterised
+  samples; the score E[∂_κ log p] = 0 ties the sampler to `log_prob`."""
+  num_sites, n, kappa0 = 16, 20000, 1.7
+  kappa = tf.Variable(kappa0, dtype=dtype)
+  dist = SMF(num_sites, spin_dim, kappa, validate_args=True)
+  target = (ircpm.targets.xy_model if spin_dim == 2 else
+            ircpm.targets.o3_model)(4, 1.)
+  with tf.GradientTape() as tape:
+    x = dist.sample(n, seed=(3, 4))
+    m2 = tf.reduce_sum(tf.square(target.magnetisation(x)), -1)
+    mean_m2 = tf.reduce_mean(m2)
+  grad = float(tape.gradient(mean_m2, kappa))
+  for _ in dist.manifold.membership_assertions(x):
+    pass      # eager: each assertion has run (and passed) on construction
+  a, da = _mean_alignment(spin_dim, kappa0)
+  m2 = m2.numpy().astype(np.float64)
+  expected = num_sites + num_sites * (num_sites - 1) * a * a
+  assert abs(m2.mean() - expected) < 5. * m2.std() / np.sqrt(n)
+  # The common direction is uniform: E[M] = 0 (each component, 5 s.e.).
+  mag = target.magnetisation(x).numpy().astype(np.float64)
+  assert np.all(np.abs(mag.mean(0)) < 5. * mag.std(0) / np.sqrt(n))
+  # Pathwise gradient of E|M|² against dE/dκ = N(N−1) 2A A'(κ).
+  np.testing.assert_allclose(grad, num_sites * (num_sites - 1) * 2. * a * da,
+                             rtol=0.08)
+  # The score: its autodiff mean equals central differences of log_prob,
+  # and it has mean zero under the sampler (5 standard errors).
+  with tf.GradientTape() as tape:
+    total = tf.reduce_sum(dist.log_prob(tf.stop_gradient(x)))
+  mean_score = float(tape.gradient(total, kappa)) / n
+  h = 1e-3 if dtype == tf.float64 else 1e-2
+  up = SMF(num_sites, spin_dim, tf.constant(kappa0 + h, dtype)).log_prob(x)
+  down = SMF(num_sites, spin_dim, tf.constant(kappa0 - h, dtype)).log_prob(x)
+  scores = ((up - down) / (2. * h)).numpy().astype(np.float64)
+  np.testing.assert_allclose(mean_score, scores.mean(), atol=0.02)
+  assert abs(scores.mean()) < 5. * scores.std() / np.sqrt(n)
+
+
+def test_invariant_under_the_global_group_and_site_permutations():
+  rng = np.random.default_rng(1)
+  kappa = tf.constant(2., tf.float64)
+  theta = _random_points(2, 4, 16, rng)
+  xy = SMF(16, 2, kappa)
+  perm = rng.permutation(16)
+  np.testing.assert_allclose(xy.log_prob((theta + 1.1) % (2. * np.pi)),
+                             xy.log_prob(theta), rtol=1e-12)
+  np.testing.assert_allclose(xy.log_prob(theta[:, perm]), xy.log_prob(theta),
+                             rtol=1e-12)
+  s = _random_points(3, 4, 16, rng).reshape(4, 16, 3)
+  q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+  rot = q * np.sign(np.diag(r))
+  o3 = SMF(16, 3, kappa)
+  np.testing.assert_allclose(o3.log_prob((s @ rot.T).reshape(4, -1)),
+                             o3.log_prob(s.reshape(4, -1)), rtol=1e-12)
+  np.testing.assert_allclose(o3.log_prob(s[:, perm].reshape(4, -1)),
+                             o3.log_prob(s.reshape(4, -1)), rtol=1e-12)
+
+
+def test_flow_over_it_keeps_the_symmetry():
+  """An IRCPM with invariant ψ over the symmetric base has an invariant
+  density (Lemma 1); log_prob needs only the closed-form inverse."""
+  l = 4
+  psi = potentials.LatticeConvPotential(l, 'xy', (8, 8), output_scale=0.2,
+                                        seed=0, dtype=tf.float64,
+                                        pair_term=True)
+  psi.pair_weights.assign(potentials.spin_wave_pair_weights(l, 0.9, 2.))
+  q = tfd.TransformedDistribution(
+      SMF(l * l, 2, tf.constant(2., tf.float64)),
+      ircpm.IRCPM(M.Torus(l * l), psi))
+  rng = np.random.default_rng(2)
+  y = rng.uniform(0., 2. * np.pi, (3, l, l))
+  moved = (np.roll(y, (1, 2), (1, 2)) + 0.8) % (2. * np.pi)
+  lp = q.log_prob(y.reshape(3, -1))
+  np.testing.assert_allclose(q.log_prob(moved.reshape(3, -1)), lp, rtol=1e-10)
+  # ...and differs from the base's: the flow did something.
+  assert np.abs(lp - q.distribution.log_prob(y.reshape(3, -1))).min() > 1e-3
+
+
+def test_bad_arguments_and_points():
+  with pytest.raises(ValueError, match='spin_dim'):
+    SMF(4, 4, 1.)
+  with pytest.raises(ValueError, match='num_sites'):
+    SMF(0, 2, 1.)
+  with pytest.raises(tf.errors.InvalidArgumentError, match='positive'):
+    SMF(4, 2, -1., validate_args=True)
+  with pytest.raises(tf.errors.InvalidArgumentError, match='off the sphere'):
+    SMF(2, 3, 1., validate_args=True).log_prob([[0., 0., 2., 0., 0., 1.]])
+  with pytest.raises(tf.errors.InvalidArgumentError, match='radians'):
+    SMF(2, 2, 1., validate_args=True).log_prob([[0., 90.]])
+
+
+# -- the spin-wave pair kernel --------------------------------------------------
+
+
+def test_spin_wave_kernel_sets_the_spectrum_of_the_jacobian():
+  """At the aligned state, I + Hess ψ has eigenvalue √(βλ_k/κ) on every
+  Fourier mode k ≠ 0 and 1 on the zero mode (the docstring's claim)."""
+  l, beta, kappa = 4, 0.9, 2.
+  w = potentials.spin_wave_pair_weights(l, beta, kappa)
+  assert w[0, 0] == 0.
+  np.testing.assert_allclose(w, np.roll(w[::-1, ::-1], 1, (0, 1)), atol=1e-15)
+  psi = potentials.LatticeConvPotential(l, 'xy', (4,), output_scale=0.,
+                                        dtype=tf.float64, pair_term=True)
+  psi.pair_weights.assign(w)
+  y = tf.fill([1, l * l], tf.constant(0.4, tf.float64))
+  with tf.GradientTape() as outer:
+    outer.watch(y)
+    with tf.GradientTape() as inner:
+      inner.watch(y)
+      value = psi(y)
+    g = inner.gradient(value, y)
+  jac = np.eye(l * l) + outer.batch_jacobian(g, y)[0].numpy()
+  k = 2. * np.pi * np.arange(l) / l
+  lam = (4. * np.sin(k[:, None] / 2.) ** 2
+         + 4. * np.sin(k[None, :] / 2.) ** 2).ravel()
+  expected = np.sqrt(beta * lam / kappa)
+  expected[0] = 1.
+  np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(jac)),
+                             np.sort(expected), atol=1e-12)
+  # scale=0 is the identity map.
+  np.testing.assert_allclose(
+      potentials.spin_wave_pair_weights(l, beta, kappa, scale=0.), 0.)
+
+
+def test_spin_wave_flow_samples_have_the_spin_wave_covariance():
+  """In the linear regime (large κ and β, small fluctuations) the IRCPM over
+  the symmetric base samples θ with Fourier variances 1/(βλ_k), the
+  Gaussian spin-wave law, through the actual solve."""
+  l, beta, kappa, n = 4, 400., 300., 4000
+  psi = potentials.LatticeConvPotential(l, 'xy', (4,), output_scale=0.,
+                                        dtype=tf.float64, pair_term=True)
+  psi.pair_weights.assign(potentials.spin_wave_pair_weights(l, beta, kappa))
+  m = M.Torus(l * l)
+  x = SMF(l * l, 2, tf.constant(kappa, tf.float64)).sample(n, seed=(5, 6))
+  y = tf.function(lambda x: matrix_free.forward(m, psi, x))(x).numpy()
+  # Fluctuations about each sample's own mean direction.
+  phase = np.angle(np.exp(1j * y).sum(-1, keepdims=True))
+  eps = np.angle(np.exp(1j * (y - phase))).reshape(n, l, l)
+  assert np.abs(eps).max() < 0.5               # the linear regime
+  power = (np.abs(np.fft.fft2(eps)) ** 2).mean(0).ravel() / (l * l)
+  k = 2. * np.pi * np.arange(l) / l
+  lam = (4. * np.sin(k[:, None] / 2.) ** 2
+         + 4. * np.sin(k[None, :] / 2.) ** 2).ravel()
+  # 4000 samples: each mode's variance to ~3% (two real parts per mode).
+  np.testing.assert_allclose(power[1:], 1. / (beta * lam[1:]), rtol=0.12)
+  # Without the pair term the variances would all be ~1/κ, far off.
+  assert np.abs(np.log(1. / (kappa * beta * lam[1:]))).max() > 0.5
