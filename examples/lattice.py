@@ -82,6 +82,8 @@ flags.DEFINE_integer('mcmc_chains', 64, 'Heat-bath chains.')
 flags.DEFINE_bool('jit_compile', False, 'Compile the training step with XLA.')
 flags.DEFINE_integer('seed', 0, 'Random seed.')
 flags.DEFINE_string('output_dir', 'results/lattice', 'Where to write JSON.')
+flags.DEFINE_string('checkpoint', None, 'If set, save the trained variables '
+                    '(tf.train.Checkpoint) under this prefix.')
 flags.DEFINE_bool('summarize', False, 'Only print the markdown table of every '
                   'result JSON under --output_dir (searched recursively).')
 FLAGS = flags.FLAGS
@@ -172,6 +174,7 @@ class Flow:
                       for p in self.psis]
     self.q = tfd.TransformedDistribution(
         base, tfb.Chain(list(reversed(self.bijectors))))
+    self.base = base
     self.trainable_variables = base_variables + [
         v for p in self.psis for v in p.trainable_variables]
 
@@ -250,6 +253,9 @@ def evaluate(model, target, num_samples, seed):
     out['ess'] = float(w.sum() ** 2 / (w * w).sum() / len(w))
   log_z = float(log_w.max() + np.log(w.mean()))
   w = w / w.sum()
+  # Heavy weight tails show here first: one sample carrying most of the
+  # mass makes the ESS (and every reweighted value) rest on that sample.
+  out['max_weight'] = float(w.max())
   out.update(log_z_is=log_z, kl_is=log_z - float(log_w.mean()),
              energy_flow=float(energy.mean()),
              energy_reweighted=float((w * energy).sum()),
@@ -354,15 +360,22 @@ def main(_):
   per_step = (float(np.mean(np.diff(times))) if len(times) > 2
               else float('nan'))
   rss_train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.
+  if FLAGS.checkpoint:
+    tf.train.Checkpoint(variables=model.trainable_variables).write(
+        FLAGS.checkpoint)
   start = time.time()
   metrics = evaluate(model, target, FLAGS.eval_samples, (FLAGS.seed, 99))
   eval_seconds = time.time() - start
+  if isinstance(model, Flow) and FLAGS.base == 'symmetric':
+    metrics['base_concentration'] = float(tf.convert_to_tensor(
+        model.base.concentration))
   if isinstance(model, Flow) and FLAGS.model == 'xy':
     metrics['min_eig_J'] = model.min_eigenvalues(
         min(200, FLAGS.eval_samples), (FLAGS.seed, 7))
   result = dict(model=FLAGS.model, L=FLAGS.L, beta=FLAGS.beta, psi=FLAGS.psi,
                 layers=FLAGS.layers, params=params, estimator=estimator,
                 bond_term=FLAGS.bond_term, pair_term=FLAGS.pair_term,
+                base=FLAGS.base, spin_wave=FLAGS.spin_wave,
                 learning_rate=FLAGS.learning_rate,
                 barrier_floor=FLAGS.barrier_floor, seed=FLAGS.seed,
                 tolerance=FLAGS.tolerance,

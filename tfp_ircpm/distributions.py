@@ -272,9 +272,6 @@ class SymmetricMeanField(_IntrinsicMixin, tfd.Distribution):
     return (log_sinhc(kappa * r)
             + n * (tf.math.log(kappa) - np.log(4. * np.pi) - log_sinh(kappa)))
 
-  def _default_event_space_bijector(self):
-    return tfb.Identity(validate_args=self.validate_args)
-
   def _parameter_control_dependencies(self, is_init):
     if not self.validate_args:
       return []
