@@ -64,6 +64,13 @@ flags.DEFINE_float('base_concentration', 2., 'Initial κ of --base=symmetric.')
 flags.DEFINE_bool('spin_wave', False, 'Start the first IRCPM\'s pair kernel '
                   'at potentials.spin_wave_pair_weights(L, β, κ) (needs '
                   '--pair_term and --base=symmetric).')
+flags.DEFINE_float('forward_kl_weight', 0., 'If > 0, the loss adds this '
+                   'times the negative log-likelihood of heat-bath samples '
+                   '(forward KL, mass-covering: "training by example" as '
+                   'well as by energy). 0: reverse KL only.')
+flags.DEFINE_integer('data_sweeps', 2000, 'Heat-bath sweeps for the '
+                     'forward-KL data (--mcmc_chains chains, every 10th '
+                     'sweep after 200 kept; seed --seed + 1).')
 flags.DEFINE_float('output_scale', 0.1, 'ψ output scale.')
 flags.DEFINE_integer('batch_size', 64, 'Samples per step.')
 flags.DEFINE_float('learning_rate', 1e-3, 'Initial Adam rate (cosine decay).')
@@ -175,14 +182,34 @@ class Flow:
     self.q = tfd.TransformedDistribution(
         base, tfb.Chain(list(reversed(self.bijectors))))
     self.base = base
+    self.data = None     # heat-bath points for the forward-KL term
     self.trainable_variables = base_variables + [
         v for p in self.psis for v in p.trainable_variables]
 
   def sample_and_log_prob(self, n, seed, estimator='exact'):
     return logdet.sample_and_log_prob(self.q, n, seed, estimator)
 
+  def forward_kl(self, n, seed, estimator):
+    """−mean log q on n points drawn from `self.data` (up to a constant,
+    KL(p‖q)); stochastic log-dets (`logdet.log_prob_surrogate`) when
+    `estimator` is."""
+    index_seed, probe_seed = tfp.random.split_seed(seed)
+    index = tf.random.stateless_uniform([n], index_seed, 0,
+                                        tf.shape(self.data)[0], tf.int32)
+    batch = tf.gather(self.data, index)
+    if estimator == 'stochastic':
+      return -tf.reduce_mean(logdet.log_prob_surrogate(self.q, batch,
+                                                       probe_seed))
+    return -tf.reduce_mean(self.q.log_prob(batch))
+
   def loss(self, target, n, seed, estimator):
-    """Reverse KL (log-dets per `estimator`) + the λ_min guard."""
+    """Reverse KL (log-dets per `estimator`) + the λ_min guard, plus the
+    forward KL on heat-bath data when --forward_kl_weight > 0."""
+    forward = 0.
+    if self.data is not None:
+      seed, data_seed = tfp.random.split_seed(seed)
+      forward = FLAGS.forward_kl_weight * self.forward_kl(n, data_seed,
+                                                          estimator)
     y, log_q, points, ok = logdet.sample_and_log_prob(
         self.q, n, seed, estimator, return_layer_points=True,
         return_converged=True)
@@ -192,12 +219,12 @@ class Flow:
     kl = tf.reduce_sum(terms) / tf.maximum(
         tf.reduce_sum(tf.cast(ok, terms.dtype)), 1.)
     if not FLAGS.barrier_weight:
-      return kl
+      return kl + forward
     points = [tf.where(ok[:, None], p, tf.stop_gradient(p)) for p in points]
     penalty = logdet.min_eigenvalue_penalty(
         self.bijectors, points, floor=FLAGS.barrier_floor, iterations=20,
         seed=seed)
-    return kl + FLAGS.barrier_weight * target.num_sites * penalty
+    return kl + forward + FLAGS.barrier_weight * target.num_sites * penalty
 
   def min_eigenvalues(self, n, seed, chunk=25):
     """Exact min eigenvalue of J = I + Hess ψ per layer at n samples, [layers].
@@ -334,6 +361,18 @@ def main(_):
     estimator = ('stochastic' if logdet.uses_stochastic(model.q,
                                                         FLAGS.estimator)
                  else 'exact')
+  data_seconds = 0.
+  if FLAGS.forward_kl_weight:
+    if not isinstance(model, Flow):
+      raise app.UsageError('--forward_kl_weight needs a flow (--psi).')
+    start = time.time()
+    # Its own seed: the reference MCMC below stays independent of the data.
+    model.data = tf.constant(mcmc.heat_bath(
+        target, FLAGS.mcmc_chains, FLAGS.data_sweeps, 200, seed=FLAGS.seed + 1,
+        samples_every=10)['samples'], tf.float32)
+    data_seconds = time.time() - start
+    print(f'forward-KL data: {model.data.shape[0]} heat-bath points '
+          f'({data_seconds:.0f} s)', flush=True)
   params = sum(int(v.shape.num_elements()) for v in model.trainable_variables)
   print(f'{FLAGS.model} L={FLAGS.L} beta={FLAGS.beta} psi={FLAGS.psi} '
         f'params={params} estimator={estimator}', flush=True)
@@ -376,6 +415,10 @@ def main(_):
                 layers=FLAGS.layers, params=params, estimator=estimator,
                 bond_term=FLAGS.bond_term, pair_term=FLAGS.pair_term,
                 base=FLAGS.base, spin_wave=FLAGS.spin_wave,
+                forward_kl_weight=FLAGS.forward_kl_weight,
+                data_points=(0 if getattr(model, 'data', None) is None
+                             else int(model.data.shape[0])),
+                data_seconds=data_seconds,
                 learning_rate=FLAGS.learning_rate,
                 barrier_floor=FLAGS.barrier_floor, seed=FLAGS.seed,
                 tolerance=FLAGS.tolerance,

@@ -569,12 +569,21 @@ def test_heat_bath_matches_exact_xy_two_by_two():
   m = target.magnetisation(x).numpy()
   chi = float((p * (m ** 2).sum(-1)).sum() / 4)
   run = mcmc.heat_bath(target, num_chains=64, num_sweeps=250, burn_in=50,
-                       seed=3)
+                       seed=3, samples_every=10)
   e, c = mcmc.summarize(run['energy_per_site']), mcmc.summarize(
       run['m2_per_site'])
   assert abs(e['mean'] - energy) < 5 * e['stderr']
   assert abs(c['mean'] - chi) < 5 * c['stderr']
   assert e['stderr'] < 0.02
+  # The kept points are chain states: 20 sweeps × 64 chains, the last of
+  # them the final state, with the exact mean energy.
+  samples = run['samples']
+  assert samples.shape == (20 * 64, 4)
+  np.testing.assert_array_equal(samples[-64:], run['final'])
+  e_samples = target.energy_per_site(tf.constant(samples)).numpy()
+  assert abs(e_samples.mean() - energy) < 5 * e['stderr'] * np.sqrt(10)
+  with pytest.raises(ValueError, match='samples_every'):
+    mcmc.heat_bath(target, 2, 3, 1, samples_every=-1)
 
 
 def test_heat_bath_matches_exact_o3_ring():

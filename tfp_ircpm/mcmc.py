@@ -74,16 +74,25 @@ def to_points(target, spins: tf.Tensor) -> tf.Tensor:
 
 def heat_bath(target, num_chains: int = 64, num_sweeps: int = 2000,
               burn_in: int = 200, seed: int = 0,
-              dtype=tf.float64) -> Dict[str, np.ndarray]:
+              dtype=tf.float64, samples_every: int = 0
+              ) -> Dict[str, np.ndarray]:
   """Runs `num_chains` chains from uniform spins; observables after burn-in.
+
+  Args:
+    samples_every: if > 0, also keep the points of every chain after every
+      this many sweeps past burn-in (e.g. training data for maximum
+      likelihood); 0 keeps none.
 
   Returns:
     dict with `energy_per_site` and `m2_per_site` (|M|²/L²), each
     [num_sweeps − burn_in, num_chains] numpy arrays, and `final` points
-    [num_chains, ambient_dim].
+    [num_chains, ambient_dim]; with `samples_every`, also `samples`
+    [kept sweeps · num_chains, ambient_dim] (sweep-major).
   """
   if burn_in >= num_sweeps:
     raise ValueError('burn_in must be smaller than num_sweeps.')
+  if samples_every < 0:
+    raise ValueError(f'samples_every must be >= 0, got {samples_every}.')
   l, n = target.lattice_size, target.spin_dim
   init_seed, run_seed = tfp.random.split_seed(seed, n=2)
   spins = tf.math.l2_normalize(
@@ -99,14 +108,19 @@ def heat_bath(target, num_chains: int = 64, num_sweeps: int = 2000,
             tf.reduce_sum(m * m, -1) / float(target.num_sites))
 
   seeds = tfp.random.split_seed(run_seed, n=num_sweeps)
-  energies, m2s = [], []
+  energies, m2s, samples = [], [], []
   for i in range(num_sweeps):
     spins, e, m2 = step(spins, seeds[i])
     if i >= burn_in:
       energies.append(e.numpy())
       m2s.append(m2.numpy())
-  return dict(energy_per_site=np.stack(energies), m2_per_site=np.stack(m2s),
-              final=to_points(target, spins).numpy())
+      if samples_every and (i + 1 - burn_in) % samples_every == 0:
+        samples.append(to_points(target, spins).numpy())
+  out = dict(energy_per_site=np.stack(energies), m2_per_site=np.stack(m2s),
+             final=to_points(target, spins).numpy())
+  if samples_every:
+    out['samples'] = np.concatenate(samples, 0)
+  return out
 
 
 def summarize(values: np.ndarray) -> Dict[str, float]:
