@@ -26,12 +26,16 @@ def test_quickstart_trains_and_reports_ess_and_kl():
 
 def test_lattice_example_runs_on_spheres_with_guard_and_pair_term(tmp_path):
   """examples/lattice.py end to end on (S²)⁴ with the sphere guard, both
-  extra ψ terms and exact evaluation; --summarize reads the result back."""
+  extra ψ terms, the symmetric base with the spin-wave kernel, the
+  forward-KL term on heat-bath data and exact evaluation; --summarize reads
+  the result back."""
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   script = str(ROOT / 'examples' / 'lattice.py')
   subprocess.run(
       [sys.executable, script, '--model=o3', '--L=2', '--beta=0.5',
        '--layers=1', '--steps=3', '--bond_term', '--pair_term',
+       '--base=symmetric', '--spin_wave', '--forward_kl_weight=1',
+       '--data_sweeps=250', '--mcmc_chains=16',
        '--tolerance=1e-4', '--estimator=stochastic', '--eval_samples=64',
        '--eval_batch=64',
        '--mcmc_sweeps=0', f'--output_dir={tmp_path}'],
@@ -39,9 +43,12 @@ def test_lattice_example_runs_on_spheres_with_guard_and_pair_term(tmp_path):
   result = json.loads((tmp_path / 'o3_L2_b0.5_equivariant.json').read_text())
   assert result['nonfinite'] == 0 and result['tolerance'] == 1e-4
   assert result['pair_term'] and result['estimator'] == 'stochastic'
-  # Three steps from the identity: the ESS stays near the uniform base's
-  # (0.31 measured). This checks the example's plumbing; the maths of each
-  # part is tested in test_lattice.py.
+  assert result['base'] == 'symmetric' and result['spin_wave']
+  assert result['data_points'] == 5 * 16       # (250 − 200) / 10 sweeps
+  assert result['base_concentration'] > 0.
+  # Three steps from the spin-wave start. This checks the example's
+  # plumbing; the maths of each part is tested in test_lattice.py and
+  # test_symmetric_mean_field.py.
   assert 0.1 < result['ess'] <= 1.
   assert math.isfinite(result['kl_is'])
   table = subprocess.run([sys.executable, script, '--summarize',
