@@ -145,6 +145,13 @@ class MeanField(tf.Module):
     y, log_q = self.sample_and_log_prob(n, seed, estimator)
     return tf.reduce_mean(log_q + tf.cast(target.energy(y), tf.float64))
 
+  def log_prob(self, y):
+    """log q(y) [n] (float64) for points [n, ambient]."""
+    n = tf.shape(y)[0]
+    event = [-1] if self.target.spin_dim == 2 else [-1, 3]
+    site = tf.reshape(tf.cast(y, tf.float64), tf.concat([[n], event], 0))
+    return self._dist().log_prob(site)
+
 
 class Flow:
   """A stack of IRCPMs over the uniform or symmetric base, sampled matrix-free."""
@@ -188,6 +195,10 @@ class Flow:
 
   def sample_and_log_prob(self, n, seed, estimator='exact'):
     return logdet.sample_and_log_prob(self.q, n, seed, estimator)
+
+  def log_prob(self, y):
+    """Exact log q(y) [n]: closed-form inverses, no solve."""
+    return self.q.log_prob(y)
 
   def forward_kl(self, n, seed, estimator):
     """−mean log q on n points drawn from `self.data` (up to a constant,
@@ -249,7 +260,10 @@ class Flow:
 
 
 def evaluate(model, target, num_samples, seed):
-  """Exact log-weights and observables on `num_samples` model samples."""
+  """Exact log-weights and observables on `num_samples` model samples.
+
+  Returns (metrics dict, the finite log-weights log p̃ − log q [n]).
+  """
   fn = tf.function(lambda s: model.sample_and_log_prob(FLAGS.eval_batch, s,
                                                        'exact'))
   seeds = tfp.random.split_seed(seed, n=-(-num_samples // FLAGS.eval_batch))
@@ -270,7 +284,7 @@ def evaluate(model, target, num_samples, seed):
     nan = float('nan')
     out.update(ess=nan, log_z_is=nan, kl_is=nan, energy_flow=nan,
                energy_reweighted=nan, chi_flow=nan, chi_reweighted=nan)
-    return out
+    return out, log_w[finite]
   if not finite.all():
     out.update(ess=float('nan'))
     log_w, energy, m2 = log_w[finite], energy[finite], m2[finite]
@@ -287,6 +301,33 @@ def evaluate(model, target, num_samples, seed):
              energy_flow=float(energy.mean()),
              energy_reweighted=float((w * energy).sum()),
              chi_flow=float(m2.mean()), chi_reweighted=float((w * m2).sum()))
+  return out, log_w
+
+
+def evaluate_on_target_samples(model, target, points, log_w_q):
+  """KL(p‖q) and a bridge log Z from heat-bath points (samples of p).
+
+  The ESS measured on q's samples misses regions where p has mass and q
+  has almost none (they show up only as rare huge weights), so it can be
+  far too high on a few thousand samples. KL(p‖q) = mean_p log w − log Z
+  sees them, and bounds the ESS: ESS → 1/E_p[w/Z] <= exp(−KL(p‖q)).
+  log Z is `training.bridge_log_normalizer` of both sets of weights.
+  """
+  log_prob = tf.function(model.log_prob)
+  log_q = np.concatenate([
+      log_prob(tf.constant(points[i:i + FLAGS.eval_batch])).numpy()
+      for i in range(0, len(points), FLAGS.eval_batch)]).astype(np.float64)
+  log_w_p = -target.energy(tf.constant(points)).numpy().astype(
+      np.float64) - log_q
+  finite = np.isfinite(log_w_p)
+  out = dict(target_points=len(points), target_nonfinite=int((~finite).sum()))
+  if not finite.all() or not len(log_w_q):
+    return out
+  log_z = training.bridge_log_normalizer(log_w_q, log_w_p)
+  kl_pq = float(log_w_p.mean()) - log_z
+  out.update(log_z_bridge=log_z, kl_pq=kl_pq,
+             kl_qp=log_z - float(log_w_q.mean()),
+             ess_bound=float(np.exp(-kl_pq)))
   return out
 
 
@@ -318,9 +359,9 @@ def summarize(output_dir: str) -> str:
   order = {'equivariant': 0, 'mlp': 1, 'meanfield': 2}
   rows.sort(key=lambda r: (r['model'], r['L'], r['beta'], order[r['psi']]))
   lines = ['| model | L | β | ψ | layers | params | steps | estimator | ESS | '
-           'KL (IS) | unconv. | e rew. | e MCMC | χ rew. | χ MCMC | '
+           'KL (IS) | KL(p‖q) | unconv. | e rew. | e MCMC | χ rew. | χ MCMC | '
            'λ_min(J) | s/step | train RSS MB |',
-           '|' + '---|' * 18]
+           '|' + '---|' * 19]
   for r in rows:
     ref = mcmc.get((r['model'], r['L'], r['beta']), {})
     e_mcmc = (f"{ref['energy_mcmc']:.4f}±{ref['energy_mcmc_err']:.1g}"
@@ -329,16 +370,21 @@ def summarize(output_dir: str) -> str:
         '—')
     flow = r['psi'] != 'meanfield'
     ess = r['ess']
+    equivariant = flow and r['psi'] == 'equivariant'
     lines.append('| ' + ' | '.join([
         r['model'], str(r['L']), f"{r['beta']:g}",
-        r['psi'] + (' + bond' if flow and r['psi'] == 'equivariant'
-                    and r.get('bond_term') else '')
-        + (' + pair' if flow and r['psi'] == 'equivariant'
-           and r.get('pair_term') else ''),
+        r['psi'] + (' + bond' if equivariant and r.get('bond_term') else '')
+        + (' + pair' if equivariant and r.get('pair_term') else '')
+        + (' + spin wave' if equivariant and r.get('spin_wave') else '')
+        + (', symmetric base' if flow and r.get('base') == 'symmetric'
+           else '')
+        + (f", fwd KL ×{r['forward_kl_weight']:g}"
+           if r.get('forward_kl_weight') else ''),
         str(r.get('layers', '—')) if flow else '—', str(r['params']),
         str(r['steps']), r['estimator'],
         'undefined' if math.isnan(ess) else f'{100 * ess:.2f}%',
-        _fmt(r['kl_is']), f"{r['nonfinite']}/{r.get('eval_samples', '?')}",
+        _fmt(r['kl_is']), _fmt(r.get('kl_pq')),
+        f"{r['nonfinite']}/{r.get('eval_samples', '?')}",
         _fmt(r['energy_reweighted']), e_mcmc, _fmt(r['chi_reweighted']),
         chi_mcmc, _fmt(min(r['min_eig_J'])) if 'min_eig_J' in r else '—',
         _fmt(r['seconds_per_step'], '.2g'),
@@ -403,7 +449,8 @@ def main(_):
     tf.train.Checkpoint(variables=model.trainable_variables).write(
         FLAGS.checkpoint)
   start = time.time()
-  metrics = evaluate(model, target, FLAGS.eval_samples, (FLAGS.seed, 99))
+  metrics, log_w_q = evaluate(model, target, FLAGS.eval_samples,
+                              (FLAGS.seed, 99))
   eval_seconds = time.time() - start
   if isinstance(model, Flow) and FLAGS.base == 'symmetric':
     metrics['base_concentration'] = float(tf.convert_to_tensor(
@@ -431,12 +478,21 @@ def main(_):
   if FLAGS.mcmc_sweeps:
     start = time.time()
     chain = mcmc.heat_bath(target, FLAGS.mcmc_chains, FLAGS.mcmc_sweeps,
-                           FLAGS.mcmc_sweeps // 5, seed=FLAGS.seed)
+                           FLAGS.mcmc_sweeps // 5, seed=FLAGS.seed,
+                           samples_every=10)
     e = mcmc.summarize(chain['energy_per_site'])
     chi = mcmc.summarize(chain['m2_per_site'])
     result.update(energy_mcmc=e['mean'], energy_mcmc_err=e['stderr'],
                   chi_mcmc=chi['mean'], chi_mcmc_err=chi['stderr'],
                   mcmc_seconds=time.time() - start)
+    # At most eval_samples of the kept states, spread over the whole run.
+    points = chain['samples'].astype(np.float32)
+    points = points[np.linspace(0, len(points) - 1,
+                                min(len(points), FLAGS.eval_samples)
+                                ).astype(int)]
+    start = time.time()
+    result.update(evaluate_on_target_samples(model, target, points, log_w_q))
+    result['target_eval_seconds'] = time.time() - start
   result['peak_rss_mb'] = resource.getrusage(
       resource.RUSAGE_SELF).ru_maxrss / 1024.
   print(json.dumps(result, indent=1), flush=True)

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -116,3 +117,27 @@ def test_diffeomorphism_monitor_stops_training_on_a_folded_map():
   steps_ok = [s for s, r in monitor.reports if r.passed]
   assert steps_ok and monitor.reports[-1][1].passed is False
   assert float(amplitude) > 1.              # where f⁻¹ = y - a sin y folds
+
+
+def test_bridge_log_normalizer_recovers_log_z_where_importance_sampling_fails():
+  """q = N(0, 1), p̃ = Z · N(0.5, 2²): q's weights have infinite variance, so
+  log mean_q w is biased low; the bridge estimate with p's samples is not."""
+  rng = np.random.default_rng(0)
+  log_z, mu, sigma, n = np.log(3.7), 0.5, 2., 4000
+
+  def log_w(x):
+    log_p = (log_z - 0.5 * ((x - mu) / sigma) ** 2 - np.log(sigma)
+             - 0.5 * np.log(2 * np.pi))
+    return log_p - (-0.5 * x ** 2 - 0.5 * np.log(2 * np.pi))
+
+  a = log_w(rng.normal(size=n))
+  b = log_w(mu + sigma * rng.normal(size=n // 3))   # unequal sizes
+  bridge = training.bridge_log_normalizer(a, b)
+  importance = np.logaddexp.reduce(a) - np.log(n)
+  assert abs(bridge - log_z) < 0.03
+  assert log_z - importance > 3. * abs(bridge - log_z)
+  # Exact when p is q up to the constant: every weight is Z.
+  np.testing.assert_allclose(training.bridge_log_normalizer(
+      np.full(5, log_z), np.full(7, log_z)), log_z, atol=1e-9)
+  with pytest.raises(ValueError, match='finite'):
+    training.bridge_log_normalizer(np.array([0., np.nan]), np.zeros(3))

@@ -13,6 +13,7 @@
 import time
 from typing import Callable, Dict, List, Optional
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
@@ -49,6 +50,52 @@ def ess_from_log_weights(log_w: tf.Tensor) -> tf.Tensor:
   n = tf.cast(tf.size(log_w), tf.float64)
   return tf.exp(2. * tf.reduce_logsumexp(log_w)
                 - tf.reduce_logsumexp(2. * log_w)) / n
+
+
+def bridge_log_normalizer(log_w_q, log_w_p, tolerance: float = 1e-10,
+                          max_iterations: int = 1000) -> float:
+  """log Z from log-weights log p̃ − log q on samples of both q and p.
+
+  Bennett's acceptance ratio in the iterative form of Meng & Wong (1996),
+  for r = Z/1 with densities p̃/Z and q (normalised): with s_q, s_p the
+  sample fractions and w = p̃/q,
+
+      r ← mean_q[w / (s_p w + s_q r)] / mean_p[1 / (s_p w + s_q r)],
+
+  iterated to its fixed point in log space. Importance sampling from q
+  alone (log mean_q w) is biased low and rests on q's rare samples where
+  p has mass q lacks; the bridge uses p's samples there. Its value is what
+  KL(p‖q) = mean_p log w − log Z needs, and KL(p‖q) bounds the ESS of q's
+  weights: ESS → 1/E_p[w/Z] <= exp(−KL(p‖q)) (Jensen).
+
+  Args:
+    log_w_q: log p̃(x) − log q(x) at samples x ~ q, [N_q] (finite).
+    log_w_p: the same at samples x ~ p (e.g. long MCMC), [N_p] (finite).
+    tolerance: stop when log r moves by less than this.
+    max_iterations: cap; a ValueError if it is reached.
+
+  Returns:
+    log Z (float).
+  """
+  a = np.asarray(log_w_q, np.float64)
+  b = np.asarray(log_w_p, np.float64)
+  if a.ndim != 1 or b.ndim != 1 or not (a.size and b.size):
+    raise ValueError('log_w_q and log_w_p must be non-empty vectors.')
+  if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+    raise ValueError('bridge_log_normalizer needs finite log-weights.')
+  log_sp = np.log(b.size / (a.size + b.size))
+  log_sq = np.log(a.size / (a.size + b.size))
+  mean_log = lambda v: np.logaddexp.reduce(v) - np.log(v.size)
+  c = mean_log(a)                    # start at the importance-sampling value
+  for _ in range(max_iterations):
+    new = (mean_log(a - np.logaddexp(log_sp + a, log_sq + c))
+           - mean_log(-np.logaddexp(log_sp + b, log_sq + c)))
+    if abs(new - c) < tolerance:
+      return float(new)
+    c = new
+  raise ValueError(f'bridge_log_normalizer: no convergence in '
+                   f'{max_iterations} iterations (the samples of q and p may '
+                   'not overlap).')
 
 
 def evaluate(q: tfd.Distribution, target, num_samples: int = 20000,
