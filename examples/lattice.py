@@ -60,7 +60,11 @@ flags.DEFINE_enum('base', 'uniform', ['uniform', 'symmetric'],
                   "distributions.SymmetricMeanField (i.i.d. von Mises(-Fisher) "
                   "sites about a uniformly random common direction; κ is "
                   "trained with the flow).")
-flags.DEFINE_float('base_concentration', 2., 'Initial κ of --base=symmetric.')
+flags.DEFINE_float('base_concentration', 2., 'Initial κ of --base=symmetric '
+                   '(and the κ of the --spin_wave kernel).')
+flags.DEFINE_list('base_concentrations', [], 'If given, --base=symmetric is '
+                  'distributions.symmetric_mean_field_mixture with these '
+                  'initial κ_k (equal weights), e.g. 0.9,1.3,1.7,2.1,2.5.')
 flags.DEFINE_bool('spin_wave', False, 'Start the first IRCPM\'s pair kernel '
                   'at potentials.spin_wave_pair_weights(L, β, κ) (needs '
                   '--pair_term and --base=symmetric).')
@@ -160,7 +164,12 @@ class Flow:
     m = target.manifold
     base = m.uniform()
     base_variables = []
-    if FLAGS.base == 'symmetric':
+    if FLAGS.base == 'symmetric' and FLAGS.base_concentrations:
+      base = ircpm.distributions.symmetric_mean_field_mixture(
+          target.num_sites, target.spin_dim,
+          [float(k) for k in FLAGS.base_concentrations])
+      base_variables = list(base.trainable_variables)
+    elif FLAGS.base == 'symmetric':
       kappa = tfp.util.TransformedVariable(
           FLAGS.base_concentration, tfb.Softplus(), name='base_concentration')
       base = ircpm.distributions.SymmetricMeanField(
@@ -453,8 +462,10 @@ def main(_):
                               (FLAGS.seed, 99))
   eval_seconds = time.time() - start
   if isinstance(model, Flow) and FLAGS.base == 'symmetric':
-    metrics['base_concentration'] = float(tf.convert_to_tensor(
-        model.base.concentration))
+    kappa = (model.base.components_distribution if FLAGS.base_concentrations
+             else model.base).concentration
+    metrics['base_concentration'] = tf.convert_to_tensor(
+        kappa).numpy().tolist()
   if isinstance(model, Flow) and FLAGS.model == 'xy':
     metrics['min_eig_J'] = model.min_eigenvalues(
         min(200, FLAGS.eval_samples), (FLAGS.seed, 7))

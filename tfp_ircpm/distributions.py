@@ -312,3 +312,51 @@ def log_sinhc(z: tf.Tensor) -> tf.Tensor:
   z2 = tf.square(z)
   return tf.where(small, z2 / 6. - tf.square(z2) / 180.,
                   log_sinh(safe) - tf.math.log(safe))
+
+
+def symmetric_mean_field_mixture(num_sites: int, spin_dim: int,
+                                 concentrations, dtype=tf.float32,
+                                 validate_args: bool = False,
+                                 name: str = 'symmetric_mean_field_mixture'
+                                 ) -> MixtureSameFamily:
+  """An equal-weight mixture of `SymmetricMeanField`s with trainable κ_k.
+
+  p(s) = (1/K) Σ_k SymmetricMeanField(s; κ_k): still invariant under the
+  global symmetry and site permutations. Why a mixture: one κ fixes the
+  magnetisation |M|/N ≈ A(κ) to within O(1/√N), while near a transition a
+  finite lattice's |M| is broad (XY, L = 8, β = 0.9: |M|/N from 0.35 to
+  0.75 among heat-bath states). A single-κ base puts its disordered,
+  vortex-rich states many standard deviations out, and those states then
+  dominate KL(p‖q) (measured: log p/q of +5 to +12 nats on the 15% of
+  states with >= 6 vortices). Mixing κ's spreads |M| at the base.
+
+  The weights are fixed (equal): samples are drawn by component and are
+  then reparameterised in κ_k only, so the pathwise gradient is exact for
+  κ but would miss the score term of trainable weights.
+
+  Args:
+    num_sites: N.
+    spin_dim: 2 (XY angles) or 3 (O(3) unit vectors), as `SymmetricMeanField`.
+    concentrations: initial κ_k > 0, [K].
+    dtype: dtype of the variable.
+    validate_args: passed to the distributions.
+    name: name scope of the variable.
+
+  Returns:
+    A `MixtureSameFamily` (intrinsic tangent space) whose
+    `trainable_variables` are the κ's (softplus-transformed).
+  """
+  kappa = np.asarray(concentrations, tf.as_dtype(dtype).as_numpy_dtype)
+  if kappa.ndim != 1 or not kappa.size:
+    raise ValueError(f'concentrations must be a non-empty vector, got shape '
+                     f'{kappa.shape}.')
+  if not np.all(np.isfinite(kappa)) or np.any(kappa <= 0.):
+    raise ValueError(f'concentrations must be > 0, got {concentrations}.')
+  with tf.name_scope(name):
+    kappa = tfp.util.TransformedVariable(kappa, tfb.Softplus(),
+                                         name='concentrations')
+  return MixtureSameFamily(
+      tfd.Categorical(logits=tf.zeros([kappa.shape[0]], dtype)),
+      SymmetricMeanField(num_sites, spin_dim, kappa,
+                         validate_args=validate_args),
+      validate_args=validate_args, name=name)
