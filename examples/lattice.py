@@ -95,6 +95,10 @@ flags.DEFINE_integer('seed', 0, 'Random seed.')
 flags.DEFINE_string('output_dir', 'results/lattice', 'Where to write JSON.')
 flags.DEFINE_string('checkpoint', None, 'If set, save the trained variables '
                     '(tf.train.Checkpoint) under this prefix.')
+flags.DEFINE_string('restore', None, 'If set, start from the variables saved '
+                    'by --checkpoint under this prefix (same model flags); '
+                    'with --steps=0 the run only evaluates, e.g. on fresh '
+                    'samples with another --seed.')
 flags.DEFINE_bool('summarize', False, 'Only print the markdown table of every '
                   'result JSON under --output_dir (searched recursively).')
 FLAGS = flags.FLAGS
@@ -416,8 +420,13 @@ def main(_):
     estimator = ('stochastic' if logdet.uses_stochastic(model.q,
                                                         FLAGS.estimator)
                  else 'exact')
+  if FLAGS.restore:
+    if isinstance(model, MeanField):
+      raise app.UsageError('--restore is for flows (--psi).')
+    tf.train.Checkpoint(variables=model.trainable_variables).read(
+        FLAGS.restore).assert_consumed()
   data_seconds = 0.
-  if FLAGS.forward_kl_weight:
+  if FLAGS.forward_kl_weight and FLAGS.steps:
     if not isinstance(model, Flow):
       raise app.UsageError('--forward_kl_weight needs a flow (--psi).')
     start = time.time()
@@ -436,7 +445,7 @@ def main(_):
     return model.loss(target, FLAGS.batch_size, s, estimator)
 
   lr = tf_keras.optimizers.schedules.CosineDecay(FLAGS.learning_rate,
-                                                 FLAGS.steps)
+                                                 max(1, FLAGS.steps))
   times = []
 
   def callback(step, loss):
@@ -448,7 +457,8 @@ def main(_):
   losses = training.train(loss_fn, model.trainable_variables, FLAGS.steps,
                           optimizer=tf_keras.optimizers.Adam(lr),
                           seed=FLAGS.seed, log_every=max(1, FLAGS.steps // 10),
-                          callback=callback, jit_compile=FLAGS.jit_compile)
+                          callback=callback, jit_compile=FLAGS.jit_compile
+                          ) if FLAGS.steps else []
   train_seconds = time.time() - start
   # The first step includes tracing; the rest is the steady cost per step.
   per_step = (float(np.mean(np.diff(times))) if len(times) > 2
@@ -485,7 +495,8 @@ def main(_):
                 steps=FLAGS.steps, batch_size=FLAGS.batch_size,
                 train_seconds=train_seconds, seconds_per_step=per_step,
                 peak_rss_mb_train=rss_train, eval_seconds=eval_seconds,
-                final_loss=losses[-1], **metrics)
+                final_loss=losses[-1] if losses else None,
+                restored_from=FLAGS.restore, **metrics)
   if FLAGS.mcmc_sweeps:
     start = time.time()
     chain = mcmc.heat_bath(target, FLAGS.mcmc_chains, FLAGS.mcmc_sweeps,
