@@ -280,7 +280,7 @@ def evaluate(model, target, num_samples, seed):
   fn = tf.function(lambda s: model.sample_and_log_prob(FLAGS.eval_batch, s,
                                                        'exact'))
   seeds = tfp.random.split_seed(seed, n=-(-num_samples // FLAGS.eval_batch))
-  log_w, energy, m2 = [], [], []
+  log_w, energy, m2, vortices = [], [], [], []
   for s in tf.unstack(seeds):
     y, log_q = fn(s)
     log_w.append(-target.energy(y).numpy().astype(np.float64)
@@ -288,9 +288,11 @@ def evaluate(model, target, num_samples, seed):
     energy.append(target.energy_per_site(y).numpy())
     m = target.magnetisation(y).numpy()
     m2.append((m ** 2).sum(-1) / target.num_sites)
+    vortices.append(_vortex_count(target, y))
   log_w = np.concatenate(log_w)[:num_samples]
   energy = np.concatenate(energy)[:num_samples]
   m2 = np.concatenate(m2)[:num_samples]
+  vortices = np.concatenate(vortices)[:num_samples]
   finite = np.isfinite(log_w)
   out = dict(nonfinite=int((~finite).sum()))
   if not finite.any():
@@ -301,6 +303,7 @@ def evaluate(model, target, num_samples, seed):
   if not finite.all():
     out.update(ess=float('nan'))
     log_w, energy, m2 = log_w[finite], energy[finite], m2[finite]
+    vortices = vortices[finite]
   lw = log_w - log_w.max()
   w = np.exp(lw)
   if finite.all():
@@ -314,7 +317,17 @@ def evaluate(model, target, num_samples, seed):
              energy_flow=float(energy.mean()),
              energy_reweighted=float((w * energy).sum()),
              chi_flow=float(m2.mean()), chi_reweighted=float((w * m2).sum()))
+  if target.spin_dim == 2:
+    out.update(vortices_flow=float(vortices.mean()),
+               vortices_reweighted=float((w * vortices).sum()))
   return out, log_w
+
+
+def _vortex_count(target, y):
+  """Vortices per configuration [n] (XY), or zeros (O(3) has none)."""
+  if target.spin_dim != 2:
+    return np.zeros(int(tf.shape(y)[0]))
+  return target.vortex_count(y).numpy()
 
 
 def evaluate_on_target_samples(model, target, points, log_w_q):
@@ -341,6 +354,14 @@ def evaluate_on_target_samples(model, target, points, log_w_q):
   out.update(log_z_bridge=log_z, kl_pq=kl_pq,
              kl_qp=log_z - float(log_w_q.mean()),
              ess_bound=float(np.exp(-kl_pq)))
+  if target.spin_dim == 2:
+    # KL(p‖q) = Σ_k P(k vortices) · mean_{p, k} (log w − log Z): which
+    # topological sectors q under-weights.
+    counts = _vortex_count(target, tf.constant(points))
+    out['kl_pq_by_vortex_count'] = {
+        str(int(k)): [float((counts == k).mean()),
+                      float(log_w_p[counts == k].mean() - log_z)]
+        for k in np.unique(counts)}
   return out
 
 
@@ -507,6 +528,10 @@ def main(_):
     result.update(energy_mcmc=e['mean'], energy_mcmc_err=e['stderr'],
                   chi_mcmc=chi['mean'], chi_mcmc_err=chi['stderr'],
                   mcmc_seconds=time.time() - start)
+    if FLAGS.model == 'xy':
+      v = mcmc.summarize(_vortex_count(target, tf.constant(
+          chain['samples'])).reshape(-1, FLAGS.mcmc_chains))
+      result.update(vortices_mcmc=v['mean'], vortices_mcmc_err=v['stderr'])
     # At most eval_samples of the kept states, spread over the whole run.
     points = chain['samples'].astype(np.float32)
     points = points[np.linspace(0, len(points) - 1,

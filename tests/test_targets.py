@@ -78,3 +78,25 @@ def test_float32_and_batch_shapes(name):
   assert lp.shape == (3, 4) and lp.dtype == tf.float32
   np.testing.assert_allclose(
       lp, t.log_prob(tf.cast(x, tf.float64)).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_xy_vorticity_finds_a_vortex_pair_and_sums_to_zero():
+  l = 8
+  t = targets.xy_model(l, 0.9)
+  r, c = np.meshgrid(np.arange(l), np.arange(l), indexing='ij')
+  # A vortex at the centre of plaquette (2, 2), an antivortex at (2, 5).
+  theta = (np.arctan2(r - 2.5, c - 2.5) - np.arctan2(r - 2.5, c - 5.5))
+  w = t.vorticity(tf.constant((theta % (2 * np.pi)).reshape(1, -1))).numpy()
+  expected = np.zeros((1, l, l))
+  expected[0, 2, 2], expected[0, 2, 5] = 1., -1.
+  np.testing.assert_array_equal(w, expected)
+  assert float(t.vortex_count(tf.constant(theta.reshape(1, -1)))[0]) == 2.
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0, 2 * np.pi, (50, l * l))
+  w = t.vorticity(tf.constant(x)).numpy()
+  np.testing.assert_array_equal(w.sum((1, 2)), 0.)        # the torus
+  assert np.abs(w).sum() > 50                               # random: many
+  np.testing.assert_array_equal(t.vorticity(tf.constant(x + 1.3)), w)
+  np.testing.assert_array_equal(t.vortex_count(tf.zeros([2, l * l])), 0.)
+  with pytest.raises(ValueError, match='XY'):
+    targets.o3_model(2, 1.).vorticity(tf.zeros([1, 12]))

@@ -227,6 +227,30 @@ class LatticeTarget(Target):
     """M = Σᵢ sᵢ, [..., n]."""
     return tf.reduce_sum(self.spins(x), axis=[-3, -2])
 
+  def vorticity(self, x: tf.Tensor) -> tf.Tensor:
+    """XY winding number of every plaquette, [..., L, L] (integer-valued).
+
+    Plaquette (r, c) has corners (r, c), (r, c+1), (r+1, c+1), (r+1, c); its
+    winding is the sum of the wrapped angle differences around it over 2π.
+    On the periodic lattice the windings sum to 0. Vortices are the
+    disordered phase's topological defects (free above T_BKT): a flow that
+    under-samples them shows it here before anywhere else.
+    """
+    if self.spin_dim != 2:
+      raise ValueError('vorticity is defined for XY spins (spin_dim=2).')
+    shape = tf.concat([tf.shape(x)[:-1], [self.lattice_size] * 2], 0)
+    a = tf.reshape(x, shape)
+    b = tf.roll(a, -1, axis=-1)              # (r, c+1)
+    c = tf.roll(b, -1, axis=-2)              # (r+1, c+1)
+    d = tf.roll(a, -1, axis=-2)              # (r+1, c)
+    loop = sum(torus_lib.wrap(v - u) for u, v in ((a, b), (b, c), (c, d),
+                                                   (d, a)))
+    return tf.round(loop / (2. * np.pi))
+
+  def vortex_count(self, x: tf.Tensor) -> tf.Tensor:
+    """Σ |winding| over plaquettes (vortices plus antivortices), [...]."""
+    return tf.reduce_sum(tf.abs(self.vorticity(x)), axis=[-2, -1])
+
   @functools.cached_property
   def log_normalizer(self) -> float:
     if self._quadrature is None:
