@@ -54,4 +54,5 @@ def test_lattice_example_runs_on_spheres_with_guard_and_pair_term(tmp_path):
   table = subprocess.run([sys.executable, script, '--summarize',
                           f'--output_dir={tmp_path}'], capture_output=True,
                          text=True, env=env, timeout=600, check=True).stdout
-  assert '| o3 | 2 | 0.5 | equivariant + bond + pair |' in table
+  assert ('| o3 | 2 | 0.5 | equivariant + bond + pair + spin wave, symmetric '
+          'base, fwd KL ×1 | 1 |') in table
