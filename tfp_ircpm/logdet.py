@@ -383,6 +383,16 @@ def log_prob_surrogate(q: tfd.TransformedDistribution, y: tf.Tensor,
   `logdet_surrogate` at that layer's output, whose expected gradient is
   the log-det's. The value is log base(x₀) only (use the bijector's exact
   log-dets, `q.log_prob`, to evaluate the likelihood).
+
+  Args:
+    q: a flow of IRCPMs over its base, as `flow_layers` accepts.
+    y: points [N, ambient] on q's manifold.
+    seed: stateless seed of the Rademacher probes (None: seed 0, so the
+      same probes every call; pass a fresh seed per training step).
+    num_probes: probes per point and layer (the variance falls as 1/num).
+
+  Returns:
+    [N], in y's dtype.
   """
   base_dist, layers = flow_layers(q)
   choose_estimator(layers[0].manifold, 'stochastic')
