@@ -455,6 +455,13 @@ def main(_):
   if FLAGS.summarize:
     print(summarize(FLAGS.output_dir))
     return
+  if FLAGS.spin_wave and not (FLAGS.psi == 'equivariant' and FLAGS.pair_term
+                              and FLAGS.base == 'symmetric'):
+    # The kernel is the first conv ψ's pair term, tuned to the symmetric
+    # base's κ: without all three there is nothing to start, and ignoring
+    # the flag would report a run that did not happen.
+    raise app.UsageError('--spin_wave needs --psi=equivariant, --pair_term '
+                         'and --base=symmetric.')
   tf.random.set_seed(FLAGS.seed)
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   target = make_target()

@@ -56,3 +56,16 @@ def test_lattice_example_runs_on_spheres_with_guard_and_pair_term(tmp_path):
                          text=True, env=env, timeout=600, check=True).stdout
   assert ('| o3 | 2 | 0.5 | equivariant + bond + pair + spin wave, symmetric '
           'base, fwd KL ×1 | 1 |') in table
+
+
+def test_lattice_example_refuses_spin_wave_without_a_pair_kernel(tmp_path):
+  """--spin_wave starts the first conv ψ's pair kernel; an MLP ψ has none,
+  and the run must say so instead of ignoring the flag."""
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  out = subprocess.run(
+      [sys.executable, str(ROOT / 'examples' / 'lattice.py'), '--model=xy',
+       '--L=2', '--steps=1', '--psi=mlp', '--pair_term', '--base=symmetric',
+       '--spin_wave', f'--output_dir={tmp_path}'],
+      capture_output=True, text=True, env=env, timeout=300)
+  assert out.returncode != 0 and '--spin_wave needs' in out.stderr
+  assert not list(tmp_path.iterdir())
