@@ -62,6 +62,19 @@ def fd_intrinsic_jacobian(manifold, fn, x, eps):
   return tf.stack(cols, axis=-1).numpy()
 
 
+def dense_hessian(psi, y):
+  """Euclidean Hessian of ψ in ambient coordinates by nested tapes,
+  [batch, D, D] for y [batch, D]: the reference the lattice tests compare
+  the matrix-free and closed-form routes against."""
+  with tf.GradientTape() as outer:
+    outer.watch(y)
+    with tf.GradientTape() as inner:
+      inner.watch(y)
+      value = psi(y)
+    g = inner.gradient(value, y)
+  return outer.batch_jacobian(g, y)
+
+
 def fibonacci_sphere(n):
   """Equal-area point set on S² (each point carries area 4π/n)."""
   i = np.arange(n) + 0.5

@@ -16,6 +16,8 @@ from tfp_ircpm import potentials
 from tfp_ircpm import targets
 from tfp_ircpm import training
 
+from conftest import dense_hessian
+
 M = ircpm.manifolds
 tfd = tfp.distributions
 tfb = tfp.bijectors
@@ -37,16 +39,6 @@ def _random_rotation(rng):
   q, r = np.linalg.qr(rng.normal(size=(3, 3)))
   q = q * np.sign(np.diag(r))
   return q * np.linalg.det(q)
-
-
-def _dense_hessian(psi, y):
-  with tf.GradientTape() as outer:
-    outer.watch(y)
-    with tf.GradientTape() as inner:
-      inner.watch(y)
-      value = psi(y)
-    g = inner.gradient(value, y)
-  return outer.batch_jacobian(g, y)
 
 
 # -- targets ------------------------------------------------------------------
@@ -140,7 +132,7 @@ def test_conv_potential_hessian_bound_and_certification():
   y = tf.constant(rng.uniform(0, 2 * np.pi, (32, l * l)))
   psi = _xy_psi(l, scale=1.)
   cert = _xy_psi(l, scale=50., certified=True)
-  hess = tf.function(_dense_hessian)
+  hess = tf.function(dense_hessian)
   eig = np.abs(np.linalg.eigvalsh(hess(psi, y).numpy())).max()
   assert 0.1 < eig <= float(psi.hessian_bound())
   eig = np.abs(np.linalg.eigvalsh(hess(cert, y).numpy())).max()
@@ -168,7 +160,7 @@ def test_bond_term_contains_the_energy_and_keeps_invariance_and_bounds():
                              rtol=1e-12)
   # All aligned, Hess = −c·(lattice Laplacian), top |eigenvalue| 8c: the
   # bound 4(‖w_x‖ + ‖w_y‖) = 8c is attained.
-  hess = tf.function(_dense_hessian)
+  hess = tf.function(dense_hessian)
   eig = np.abs(np.linalg.eigvalsh(hess(psi, tf.zeros([1, l * l],
                                                       tf.float64)))).max()
   np.testing.assert_allclose(eig, 8 * c, rtol=1e-10)
@@ -230,7 +222,7 @@ def test_pair_term_is_the_all_pairs_coupling_invariant_and_bounded():
                                         seed=6, dtype=tf.float64,
                                         pair_term=True)
   psi.pair_weights.assign(w)
-  hess = tf.function(_dense_hessian)
+  hess = tf.function(dense_hessian)
   eig = np.abs(np.linalg.eigvalsh(hess(psi, tf.constant(theta)))).max()
   assert 1. < eig <= float(psi.hessian_bound())
 
@@ -499,7 +491,7 @@ def test_min_eigenvalue_estimate():
   l = 3
   m, psi = M.Torus(l * l), _xy_psi(l, scale=1.)
   y = m.uniform(tf.float64).sample(5, seed=(1, 1))
-  exact = np.linalg.eigvalsh(_dense_hessian(psi, y).numpy())[:, 0]
+  exact = np.linalg.eigvalsh(dense_hessian(psi, y).numpy())[:, 0]
   estimate = logdet.min_eigenvalue(m, psi, y, iterations=200).numpy()
   assert np.all(estimate >= exact - 1e-9)   # a Rayleigh quotient
   np.testing.assert_allclose(estimate, exact, atol=1e-2)
