@@ -94,9 +94,12 @@ def bridge_log_normalizer(log_w_q, log_w_p, tolerance: float = 1e-10,
   if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
     raise ValueError('bridge_log_normalizer needs finite log-weights.')
   k = np.log(b.size / a.size)
-  # σ(z) = (1 + tanh(z/2))/2 does not overflow for any z.
-  sigmoid = lambda z: 0.5 * (1. + np.tanh(0.5 * z))
-  residual = lambda c: sigmoid(a + k - c).sum() - sigmoid(c - k - b).sum()
+  # F's sign is that of log Σ_q σ(·) − log Σ_p σ(·), evaluated with
+  # log σ(z) = −log(1 + e^{−z}): both sums can be far below 1e-16 when q
+  # and p barely overlap, where σ in linear space loses them to round-off.
+  log_sigmoid = lambda z: -np.logaddexp(0., -z)
+  residual = lambda c: (np.logaddexp.reduce(log_sigmoid(a + k - c))
+                        - np.logaddexp.reduce(log_sigmoid(c - k - b)))
   # 40 nats beyond every weight, each logistic term is within e^-40 of
   # its limit, so F(lo) ≈ N_q > 0 > −N_p ≈ F(hi).
   lo = min(a.min(), b.min()) - abs(k) - 40.
