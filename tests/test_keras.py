@@ -1,4 +1,5 @@
-"""tfp_ircpm.keras.FlowModel: fit, callbacks, evaluate/predict, checkpoints.
+"""tfp_ircpm.keras.FlowModel: fit, callbacks, evaluate/predict, checkpoints,
+and the save() that is refused.
 
 Run as a script (`python tests/test_keras.py restore CKPT POINTS OUT`) it is
 the fresh process that restores a checkpoint.
@@ -26,14 +27,17 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BATCH = 128
 
 
-def build(seed: int = 0) -> ircpm_keras.FlowModel:
-  """One IRCPM (MLP (16, 16) ψ) on S², for the four-mode target."""
+def build(seed: int = 0, model_seed=None) -> ircpm_keras.FlowModel:
+  """One IRCPM (MLP (16, 16) ψ, initialised from `seed`) on S², for the
+  four-mode target; `model_seed` (default `seed`) seeds the sample stream."""
   target = targets.sphere_four_modes()
   sphere = target.manifold
   psi = ircpm.potentials.MLP(sphere, (16, 16), output_scale=1 / 20,
                              seed=seed)
   q = tfd.TransformedDistribution(sphere.uniform(), ircpm.IRCPM(sphere, psi))
-  return ircpm_keras.FlowModel(q, target, batch_size=BATCH, seed=seed)
+  return ircpm_keras.FlowModel(
+      q, target, batch_size=BATCH,
+      seed=seed if model_seed is None else model_seed)
 
 
 def log_prob_graph(model):
@@ -49,12 +53,13 @@ def fixed_points() -> np.ndarray:
 
 
 class _Recorder(tf_keras.callbacks.Callback):
-  """Records logs, the learning rate and log q(fixed points) per epoch."""
+  """Records the learning rate, log q(fixed points) and the trainable
+  variables per epoch."""
 
   def __init__(self, points):
     super().__init__()
     self.points = points
-    self.log_probs, self.lrs, self.batches = [], [], 0
+    self.log_probs, self.lrs, self.variables, self.batches = [], [], [], 0
 
   def on_train_batch_end(self, batch, logs=None):
     self.batches += 1
@@ -63,6 +68,8 @@ class _Recorder(tf_keras.callbacks.Callback):
     # The scheduler set this epoch's rate at the epoch's beginning.
     self.lrs.append(float(tf_keras.backend.get_value(self.model.optimizer.lr)))
     self.log_probs.append(self.model(self.points).numpy())
+    self.variables.append(
+        [v.numpy() for v in self.model.trainable_variables])
 
 
 @pytest.fixture(scope='module')
@@ -145,6 +152,157 @@ def test_model_checkpoint_restores_that_epochs_weights(trained):
   np.testing.assert_array_equal(model(points).numpy(), recorder.log_probs[0])
   model.load_weights(str(tmp / 'ckpt_03'))
   np.testing.assert_array_equal(model(points).numpy(), recorder.log_probs[-1])
+
+
+def _assert_restored(model, variables, log_prob, points):
+  """`model` holds exactly `variables` and computes `log_prob` (to 1e-6:
+  another model object traces its own functions, and oneDNN may sum in
+  another order, ~1e-7 apart)."""
+  got = [v.numpy() for v in model.trainable_variables]
+  assert len(got) == len(variables) == 5
+  for g, v in zip(got, variables):
+    np.testing.assert_array_equal(g, v)
+  np.testing.assert_allclose(model(points).numpy(), log_prob, rtol=1e-6)
+
+
+def _recipes():
+  """The README's readers of a save_weights / ModelCheckpoint file."""
+  return {
+      'load_weights': lambda m, path: m.load_weights(path),
+      'Checkpoint(model)': lambda m, path: tf.train.Checkpoint(m).read(
+          path).expect_partial().assert_existing_objects_matched(),
+  }
+
+
+@pytest.mark.parametrize('recipe', sorted(_recipes()))
+def test_model_checkpoint_file_restores_into_a_fresh_model(trained, recipe):
+  """A ModelCheckpoint(save_weights_only=True) file read into a model
+  rebuilt with another initialisation (no optimizer: inference)."""
+  recorder, points = trained['recorder'], fixed_points()
+  fresh = build(seed=1)
+  before = [v.numpy() for v in fresh.trainable_variables]
+  assert max(np.abs(b - v).max() for b, v in zip(
+      before, recorder.variables[-1])) > 0.1  # another init
+  _recipes()[recipe](fresh, str(trained['tmp'] / 'ckpt_03'))
+  _assert_restored(fresh, recorder.variables[-1], recorder.log_probs[-1],
+                   points)
+
+
+def test_tf_train_checkpoint_rooted_at_model_kwarg_round_trips(trained,
+                                                                tmp_path):
+  """tf.train.Checkpoint(model=...) / CheckpointManager files: read with the
+  same layout, strictly."""
+  model, points = trained['model'], fixed_points()
+  path = tf.train.Checkpoint(model=model).write(str(tmp_path / 'ckpt'))
+  variables = [v.numpy() for v in model.trainable_variables]
+  fresh = build(seed=1)
+  tf.train.Checkpoint(model=fresh).read(path).expect_partial(
+  ).assert_existing_objects_matched()
+  _assert_restored(fresh, variables, model(points).numpy(), points)
+
+
+def test_mixing_the_two_checkpoint_layouts_restores_nothing_and_says_so(
+    trained, tmp_path):
+  """save_weights roots the object graph at the model, Checkpoint(model=m)
+  at the checkpoint: one read through the other matches no variable. The
+  strict recipes raise instead of passing silently."""
+  model = trained['model']
+  keras_file = str(trained['tmp'] / 'ckpt_03')
+  names = {n for n, _ in tf.train.list_variables(keras_file)}
+  assert any(n.startswith('distribution/') for n in names)
+  assert not any(n.startswith('model/') for n in names)
+  fresh = build(seed=1)
+  before = [v.numpy() for v in fresh.trainable_variables]
+  status = tf.train.Checkpoint(model=fresh).read(keras_file).expect_partial()
+  for b, v in zip(before, fresh.trainable_variables):
+    np.testing.assert_array_equal(v.numpy(), b)  # nothing restored
+  with pytest.raises(AssertionError, match='not bound to checkpointed'):
+    status.assert_existing_objects_matched()
+  # The other way round: load_weights on a Checkpoint(model=m) file.
+  ckpt_file = tf.train.Checkpoint(model=model).write(str(tmp_path / 'c'))
+  with pytest.raises(AssertionError):
+    fresh.load_weights(ckpt_file)
+  for b, v in zip(before, fresh.trainable_variables):
+    np.testing.assert_array_equal(v.numpy(), b)
+
+
+def test_load_weights_raises_when_the_flow_variables_are_not_restored(
+    tmp_path):
+  """A file of another flow (a chain of two IRCPMs) still matches the metric
+  variables, which is all Keras' own load_weights checks: it would restore
+  nothing of ψ and pass. FlowModel.load_weights raises."""
+  sphere = ircpm.manifolds.Sphere(2)
+  chain = ircpm.bijectors.Chain([
+      ircpm.IRCPM(sphere, ircpm.potentials.MLP(sphere, (16, 16), seed=s))
+      for s in (3, 4)])
+  other = ircpm_keras.FlowModel(
+      tfd.TransformedDistribution(sphere.uniform(), chain))
+  other.save_weights(str(tmp_path / 'other'))
+  fresh = build(seed=1)
+  before = [v.numpy() for v in fresh.trainable_variables]
+  status = tf.train.Checkpoint(fresh).read(str(tmp_path / 'other'))
+  status.expect_partial().assert_nontrivial_match()  # Keras' only check
+  with pytest.raises(AssertionError, match='not bound to checkpointed'):
+    fresh.load_weights(str(tmp_path / 'other'))
+  for b, v in zip(before, fresh.trainable_variables):
+    np.testing.assert_array_equal(v.numpy(), b)
+
+
+def test_hdf5_and_keras_weight_files_are_refused(tmp_path):
+  """They hold only variables of Keras layers, none of the flow's: Keras
+  would write and read them without a word and restore nothing."""
+  model = build()
+  for name in ('w.h5', 'w.weights.h5', 'w.hdf5', 'w.keras'):
+    with pytest.raises(ValueError, match='HDF5 or .keras'):
+      model.save_weights(str(tmp_path / name))
+    assert not (tmp_path / name).exists()
+  with pytest.raises(ValueError, match='HDF5 or .keras'):
+    model.save_weights(str(tmp_path / 'w'), save_format='h5')
+  # A file Keras wrote (plain tf_keras.Model.save_weights), named either way.
+  tf_keras.Model.save_weights(model, str(tmp_path / 'plain.h5'))
+  (tmp_path / 'plain').write_bytes((tmp_path / 'plain.h5').read_bytes())
+  for name in ('plain.h5', 'plain'):
+    with pytest.raises(ValueError, match='HDF5 or .keras'):
+      model.load_weights(str(tmp_path / name))
+
+
+def test_save_raises_a_clear_error_and_writes_nothing(trained, tmp_path):
+  """Called or not, to a SavedModel directory, .keras or .h5; also through
+  ModelCheckpoint without save_weights_only. (Keras alone would write a
+  SavedModel once the model has been called, and load_model would revive
+  an object that computes log q but cannot sample or train.)"""
+  model = trained['model']
+  assert model.built  # called by the recorder: Keras' save would succeed
+  for m in (model, build()):
+    for name in ('saved', 'm.keras', 'm.h5'):
+      with pytest.raises(NotImplementedError,
+                         match=r'save_weights.*export\.save'):
+        m.save(str(tmp_path / name))
+      assert not (tmp_path / name).exists()
+    with pytest.raises(NotImplementedError, match='not supported'):
+      m.get_config()
+  # What fit(callbacks=[ModelCheckpoint(path)]) does at an epoch's end.
+  checkpoint = tf_keras.callbacks.ModelCheckpoint(str(tmp_path / 'full'))
+  checkpoint.set_model(model)
+  with pytest.raises(NotImplementedError, match='save_weights'):
+    checkpoint.on_epoch_end(0, logs={'loss': 0.})
+  assert not (tmp_path / 'full').exists()
+
+
+@pytest.mark.slow  # traces a fresh train step: ~20 s of CPU
+def test_model_checkpoint_file_resumes_training_bitwise(trained):
+  """Restored into a fresh compiled model (another ψ init, the same sample
+  seed), epoch 2's file trains on to exactly epoch 3's weights: Adam's
+  moments and step count (hence the reverse-KL seeds) come back too."""
+  recorder, points = trained['recorder'], fixed_points()
+  fresh = build(seed=1, model_seed=0)
+  fresh.compile(optimizer=tf_keras.optimizers.Adam(1e-2))
+  fresh.load_weights(str(trained['tmp'] / 'ckpt_02'))
+  assert int(fresh.optimizer.iterations) == 20
+  fresh.fit(epochs=1, steps_per_epoch=10, verbose=0, callbacks=[
+      tf_keras.callbacks.LearningRateScheduler(lambda epoch: 5e-3)])
+  _assert_restored(fresh, recorder.variables[-1], recorder.log_probs[-1],
+                   points)
 
 
 def test_early_stopping_stops(trained):

@@ -22,8 +22,22 @@ including a `tf_keras` potential's, is in `model.trainable_variables`,
 `tf.distribute.MirroredStrategy` create the distribution, the model and the
 optimizer inside `strategy.scope()`; `tfp_ircpm.distribute` makes every
 replica compute its slice of the single-device global batch.
+
+Saving: the architecture is Python code (manifold, potential, bijectors,
+target), so only weights are saved, and they are restored into a model
+rebuilt by the same code. Read a file with the reader that matches its
+writer: the object graph of `save_weights` / `ModelCheckpoint(...,
+save_weights_only=True)` is rooted at the model (`distribution/...`,
+`optimizer/...`), that of `tf.train.Checkpoint(model=model)` at the
+checkpoint (`model/distribution/...`), and reading one with the other
+matches nothing. `load_weights` here raises unless every variable the model
+already has got a value (Keras only checks that something matched, and the
+metric and optimizer variables always do), and refuses HDF5 and `.keras`
+paths, whose files hold only variables of Keras layers, so none of the
+flow's. `save()` raises: see `FlowModel.save`.
 """
 
+import os
 from typing import Dict
 
 import tensorflow as tf
@@ -173,9 +187,81 @@ class FlowModel(tf_keras.Model):
     points, _, _ = tf_keras.utils.unpack_x_y_sample_weight(data)
     return self(points)
 
-  def get_config(self):
-    raise NotImplementedError(
-        'FlowModel is not serialisable with model.save(): save weights '
-        '(save_weights, tf.train.Checkpoint) or export the distribution with '
-        'tfp_ircpm.export.save.')
+  # -- saving ------------------------------------------------------------------
 
+  def save(self, filepath, *args, **kwargs):
+    """Raises NotImplementedError: a FlowModel cannot be saved whole.
+
+    Keras would write a SavedModel directory once the model has been called
+    (`get_config` raises, so no config goes in), and `load_model` would
+    revive it as a generic object whose call still gives log q but that has
+    no distribution to sample, no trainable variables and a `fit` that
+    fails. `.keras` and `.h5` fail anyway. Nothing is written.
+    """
+    del filepath, args, kwargs
+    raise NotImplementedError(_NO_SAVE)
+
+  def get_config(self):
+    raise NotImplementedError(_NO_SAVE)
+
+  def save_weights(self, filepath, overwrite=True, save_format=None,
+                   options=None):
+    """`tf_keras.Model.save_weights` in the TensorFlow checkpoint format.
+
+    Read the file back with `load_weights` or `tf.train.Checkpoint(model)`
+    (the model as the root), not `tf.train.Checkpoint(model=model)`.
+
+    Raises:
+      ValueError: for an HDF5 or `.keras` path or save_format='h5'.
+    """
+    _check_tf_format(filepath, save_format, 'save_weights')
+    return super().save_weights(filepath, overwrite=overwrite,
+                                save_format=save_format, options=options)
+
+  def load_weights(self, filepath, *args, **kwargs):
+    """`tf_keras.Model.load_weights` that never restores nothing silently.
+
+    Returns the checkpoint load status. Values in the file for variables
+    the model does not have yet (Adam's moments before its first step) are
+    restored when those are created; values for variables it will never
+    have (the optimizer's, in a model that is not compiled) are ignored.
+
+    Raises:
+      AssertionError: if a variable the model already has (ψ's, the
+        metrics', the optimizer's once compiled) got no value from the file:
+        a file of another flow, or one written by
+        `tf.train.Checkpoint(model=model)`.
+      ValueError: for an HDF5 or `.keras` file.
+    """
+    _check_tf_format(filepath, None, 'load_weights')
+    status = super().load_weights(filepath, *args, **kwargs)
+    if status is not None:
+      status.assert_existing_objects_matched()
+    return status
+
+
+_NO_SAVE = (
+    'FlowModel.save() is not supported: the flow (manifold, potential, '
+    'bijectors, target) is Python code with no Keras config, and a reloaded '
+    'SavedModel could compute log q but neither sample nor train. Save the '
+    'weights with model.save_weights(path) or ModelCheckpoint(path, '
+    'save_weights_only=True) and restore them with model.load_weights(path) '
+    'into a model rebuilt by the same code (or write and read a '
+    'tf.train.Checkpoint(model=model)), and export the distribution for '
+    'serving with tfp_ircpm.export.save(model.distribution, path).')
+
+
+def _check_tf_format(filepath, save_format, method: str):
+  path = os.fspath(filepath)
+  h5 = (path.endswith(('.h5', '.hdf5', '.keras'))
+        or str(save_format).lower() in ('h5', 'hdf5', 'keras'))
+  if not h5 and os.path.isfile(path):  # A checkpoint is a prefix, no file.
+    with open(path, 'rb') as f:
+      h5 = f.read(8).startswith((b'\x89HDF\r\n\x1a\n', b'PK\x03\x04'))
+  if h5:
+    raise ValueError(
+        f'FlowModel.{method}: {path!r} is an HDF5 or .keras weights file, '
+        'which holds only variables of Keras layers; the flow\'s variables '
+        'live in the distribution, not in a layer, so it would hold none of '
+        'them. Use a TensorFlow checkpoint path (no .h5/.hdf5/.keras '
+        'suffix), e.g. \'ckpt/weights\'.')
