@@ -18,6 +18,9 @@ of Eq. 4). Bases reporting it make TFP call `forward_log_det_jacobian`, which
 for a `tfb.Chain` is the sum of its parts' intrinsic log-dets.
 """
 
+import warnings
+import weakref
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -31,6 +34,37 @@ tfb = tfp.bijectors
 tfd = tfp.distributions
 
 
+# Plain TFP chains already warned about (see `_warn_plain_chain`).
+_WARNED_CHAINS = weakref.WeakSet()
+
+
+def _warn_plain_chain(f) -> None:
+  """Warns once per plain `tfb.Chain` (or other composition) of IRCPMs.
+
+  TFP caches a chain's results by tensor identity and never checks them
+  again: after a training step `log_prob` of a tensor seen before returns
+  the old density, and `log_prob` of samples drawn outside a gradient tape
+  has the wrong gradient. `tfp_ircpm.bijectors.Chain` validates its cache.
+  """
+  # Imported here: bijectors import the manifolds, which import this module.
+  from tfp_ircpm.bijectors import chain as chain_lib  # pylint: disable=g-import-not-at-top
+  from tfp_ircpm.bijectors import ircpm as ircpm_lib  # pylint: disable=g-import-not-at-top
+  if not isinstance(f, tfb.Composition) or isinstance(f, chain_lib.Chain):
+    return
+  if f in _WARNED_CHAINS:
+    return
+  if not any(isinstance(b, ircpm_lib.IRCPM) for b in f.bijectors):
+    return
+  _WARNED_CHAINS.add(f)
+  warnings.warn(
+      f'{f.name}: a plain tfb.Chain of IRCPMs. TFP caches its results by '
+      'tensor identity without checking them, so after a training step '
+      'log_prob of a tensor it has seen returns the old density, and the '
+      'gradient of log_prob of samples drawn outside a GradientTape is wrong. '
+      'Use tfp_ircpm.bijectors.Chain (or tfp_ircpm.training.ircpm_flow).',
+      UserWarning, stacklevel=4)
+
+
 class IntrinsicSpace(tangent_spaces.TangentSpace):
   """Tangent space of a Riemannian manifold with orthonormal (unit-volume) basis.
 
@@ -40,13 +74,14 @@ class IntrinsicSpace(tangent_spaces.TangentSpace):
   """
 
   def _transform_general(self, x, f, **kwargs):
-    return f.forward_log_det_jacobian(x, **kwargs), self
+    return self._transform_dimension_preserving(x, f, **kwargs)
 
   def _transform_dimension_preserving(self, x, f, **kwargs):
+    _warn_plain_chain(f)
     return f.forward_log_det_jacobian(x, **kwargs), self
 
   def _transform_coordinatewise(self, x, f, **kwargs):
-    return f.forward_log_det_jacobian(x, **kwargs), self
+    return self._transform_dimension_preserving(x, f, **kwargs)
 
 
 class SphericalUniform(tfd.SphericalUniform):

@@ -47,10 +47,15 @@ class SolveResult(NamedTuple):
     point: y*, [N, ambient_dim], no gradient.
     iterations: [N] int32, iterations each point needed.
     residual: [N], ‖grad_y h(x, y*)‖ (Riemannian norm).
-    converged: [N] bool, residual <= tolerance.
+    converged: [N] bool, residual <= tolerance and h(x, y*) finite.
     hessian: [N, dim, dim], Riemannian Hessian of h(x, ·) at y* in E_{y*}.
     gradient: [N, dim], grad_y h(x, y*) in E_{y*} = `tangent_frame(y*)`, or
       None where a caller built the result without it.
+    value: [N], h(x, y*) = ½d(x, y*)² + ψ(y*); non-finite where ψ is, or
+      None where a caller built the result without it.
+    suboptimal: [N] bool, True where y* is provably not the minimiser of
+      h(x, ·): a candidate point has a lower value (`suboptimal_points`) or
+      the Hessian is not positive definite there. Or None.
   """
   point: tf.Tensor
   iterations: tf.Tensor
@@ -58,6 +63,72 @@ class SolveResult(NamedTuple):
   converged: tf.Tensor
   hessian: tf.Tensor
   gradient: Optional[tf.Tensor] = None
+  value: Optional[tf.Tensor] = None
+  suboptimal: Optional[tf.Tensor] = None
+
+
+# Candidates of `suboptimal_points` drawn from the batch itself, and the
+# size of the chunks in which h(x, candidate) is evaluated ([N, chunk, A]
+# at a time, so 10⁵-point batches stay within memory).
+MAX_BATCH_CANDIDATES = 256
+_CANDIDATE_CHUNK = 64
+
+
+def suboptimal_points(manifold: base.Manifold, potential: Potential,
+                      x: tf.Tensor, y: tf.Tensor, psi_y: tf.Tensor,
+                      candidates: Optional[tf.Tensor] = None) -> tf.Tensor:
+  """Where y is provably not the global minimiser of h(x, ·), [N] bool.
+
+  The c-transform map sends x to the *global* minimiser of h(x, ·) =
+  ½d(x, ·)² + ψ (Eq. 2). A descent from y = x can stop at another critical
+  point, where the round trip f⁻¹(y) = x and det J_{f⁻¹}(y) > 0 still hold,
+  so no local test sees it. Then f⁻¹ takes the value x twice and folds
+  somewhere, and the density formula of Eq. 4 is wrong at y (y lies
+  outside the image of f). The same holds for y given to the inverse, with
+  x = f⁻¹(y).
+
+  This is a cheap multi-start test: h(x_i, ·) is evaluated at up to
+  `MAX_BATCH_CANDIDATES` of the batch's own points y_j (whose ψ(y_j) are
+  already known) and at fixed `candidates`; a value below h(x_i, y_i) by
+  more than √eps (1 + |h|) proves y_i suboptimal. It costs N·K distance
+  evaluations and K evaluations of ψ, no derivatives. It can miss a better
+  minimiser that no candidate comes near: a sufficient test for failure,
+  not a certificate of success.
+
+  Args:
+    x: [N, ambient_dim].
+    y: [N, ambient_dim], the points under test.
+    psi_y: ψ(y), [N].
+    candidates: fixed points [K, ambient_dim] on the manifold, or None.
+
+  Returns:
+    [N] bool.
+  """
+  dtype = y.dtype
+  n = tf.shape(y)[0]
+  # A spread subset of the batch (indices repeat when N < 256). The padding
+  # row only keeps the gather valid for N = 0, where nothing is tested.
+  idx = tf.cast(tf.linspace(tf.constant(0., tf.float64),
+                            tf.cast(tf.maximum(n - 1, 0), tf.float64),
+                            MAX_BATCH_CANDIDATES), tf.int32)
+  cand = tf.gather(tf.pad(y, [[0, 1], [0, 0]]), idx)
+  cand_psi = tf.gather(tf.pad(psi_y, [[0, 1]]), idx)
+  if candidates is not None:
+    fixed = tf.cast(candidates, dtype)
+    cand = tf.concat([cand, fixed], 0)
+    cand_psi = tf.concat([cand_psi, call_potential(potential, fixed)], 0)
+  h_self = 0.5 * manifold.sq_dist(x, y) + psi_y
+  best = tf.fill(tf.shape(h_self), tf.constant(float('inf'), dtype))
+  total = MAX_BATCH_CANDIDATES + (0 if candidates is None else
+                                  int(candidates.shape[0]))
+  for start in range(0, total, _CANDIDATE_CHUNK):
+    c = cand[start:start + _CANDIDATE_CHUNK]
+    h = (0.5 * manifold.sq_dist(x[:, tf.newaxis], c[tf.newaxis])
+         + cand_psi[tf.newaxis, start:start + _CANDIDATE_CHUNK])
+    best = tf.minimum(best, tf.reduce_min(h, axis=-1))
+  eps = tf.constant(_series.machine_eps(dtype), dtype)
+  slack = tf.sqrt(eps) * (1. + tf.abs(h_self))
+  return best < h_self - slack
 
 
 def default_tolerance(dtype: tf.DType) -> float:
@@ -189,7 +260,8 @@ def solve(manifold: base.Manifold,
           x: tf.Tensor,
           method: str = 'newton',
           tolerance: Optional[float] = None,
-          max_iterations: Optional[int] = None) -> SolveResult:
+          max_iterations: Optional[int] = None,
+          candidates: Optional[tf.Tensor] = None) -> SolveResult:
   """Minimises h(x, ·) from y = x for a batch of points.
 
   Builds a graph with every gradient tape paused (eagerly, inside a one-off
@@ -202,6 +274,8 @@ def solve(manifold: base.Manifold,
     method: 'newton' or 'gradient'.
     tolerance: stop once ‖grad_y h‖ <= tolerance (default by dtype).
     max_iterations: iteration cap (default 50 Newton, 1000 gradient).
+    candidates: fixed points [K, ambient_dim] for the global-minimum test
+      (`suboptimal_points`), besides the batch's own solutions.
 
   Returns:
     A `SolveResult`; nothing in it carries gradients.
@@ -210,14 +284,16 @@ def solve(manifold: base.Manifold,
     raise ValueError(f'method must be one of {METHODS}, got {method!r}.')
   x = tf.stop_gradient(tf.convert_to_tensor(x))
   build = functools.partial(_solve_graph, manifold, potential, method=method,
-                            tolerance=tolerance, max_iterations=max_iterations)
+                            tolerance=tolerance, max_iterations=max_iterations,
+                            candidates=candidates)
   with record.stop_recording():
     if tf.executing_eagerly():
       return tf.function(build)(x)
     return build(x)
 
 
-def _solve_graph(manifold, potential, x, method, tolerance, max_iterations):
+def _solve_graph(manifold, potential, x, method, tolerance, max_iterations,
+                 candidates=None):
   """Body of `solve`, in graph mode with tapes paused."""
   dtype = x.dtype
   tol = tf.constant(
@@ -306,7 +382,7 @@ def _solve_graph(manifold, potential, x, method, tolerance, max_iterations):
     active = tf.logical_and(active, residual_of(g) > tol)
     return i + 1, y, value, g, hess, frame, iters, active
 
-  _, y, _, g, hess, _, iters, _ = tf.while_loop(
+  _, y, value, g, hess, _, iters, _ = tf.while_loop(
       cond, body,
       (tf.constant(0), y0, value0, g0, hess0, frame0, iters0, active0),
       maximum_iterations=cap)
@@ -316,13 +392,24 @@ def _solve_graph(manifold, potential, x, method, tolerance, max_iterations):
     # report points the loop stopped on as unconverged.
     _, _, hess, _ = _symbolic_derivatives(manifold, potential, x, y, True)
   residual = residual_of(g)
+  # A non-finite ψ(y*) is reported like a non-finite input: tf.where-style
+  # NaN regions have zero gradient, and would otherwise look flat.
+  converged = tf.logical_and(residual <= tol, tf.math.is_finite(value))
+  psi_y = value - 0.5 * manifold.sq_dist(x, y)
+  # At a minimiser H is positive semi-definite; a negative eigenvalue means
+  # the descent stopped at a saddle, which the global test would not see.
+  suboptimal = tf.logical_or(
+      suboptimal_points(manifold, potential, x, y, psi_y, candidates),
+      _linalg.min_eigenvalue_symmetric(hess) <= 0.)
   return SolveResult(
       point=tf.stop_gradient(y),
       iterations=tf.stop_gradient(iters),
       residual=tf.stop_gradient(residual),
-      converged=tf.stop_gradient(residual <= tol),
+      converged=tf.stop_gradient(converged),
       hessian=tf.stop_gradient(hess),
-      gradient=tf.stop_gradient(g))
+      gradient=tf.stop_gradient(g),
+      value=tf.stop_gradient(value),
+      suboptimal=tf.stop_gradient(suboptimal))
 
 
 def implicit_step(manifold: base.Manifold, potential: Potential, x: tf.Tensor,

@@ -2,6 +2,8 @@
 
 from tensorflow_probability.python.bijectors import chain as tfp_chain
 
+from tfp_ircpm.bijectors import _cache
+
 
 # The base is TFP's non-CompositeTensor chain (what `tfb.Chain(...)` itself
 # returns when a link, like IRCPM, is not a CompositeTensor). Subclassing
@@ -21,10 +23,28 @@ class Chain(tfp_chain._Chain):  # pylint: disable=protected-access
   `forward_log_det_jacobian`. The intermediate points come from the bijector
   cache filled by `inverse`, so no extra solves run inside `log_prob`.
 
-  With `M.uniform()` or the bases of `tfp_ircpm.distributions` as the base,
-  plain `tfb.Chain` is already correct; this class makes any spherical base
-  work.
+  Its own cache (TFP caches a chain's results too, keyed by the input
+  tensor) expires when any link's variables change or an entry is off the
+  active gradient tape, like each `IRCPM`'s (`_cache.ValidatedPlainCache`).
+  A plain `tfb.Chain` keeps TFP's: after a training step, `log_prob` of a
+  tensor it has seen before returns the old density, and `log_prob` of
+  samples drawn outside a tape has the wrong gradient. Use this class.
   """
+
+  _cache = _cache.ValidatedPlainCache()
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._cache_state = _cache.StateTracker(self._link_variables)
+
+  def _link_variables(self):
+    out = []
+    for bij in self.bijectors:
+      found = getattr(bij, '_potential_variables', None)
+      for v in (found() if found else bij.variables):
+        if all(v is not o for o in out):
+          out.append(v)
+    return out
 
   def _experimental_compute_density_correction(self, x, tangent_space,
                                                backward_compat=False,

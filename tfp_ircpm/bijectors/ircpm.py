@@ -1,24 +1,42 @@
 """The Implicit Riemannian Concave Potential Map as a TFP bijector."""
 
 import sys
-from typing import Callable, Optional
+import warnings
+from typing import Callable, NamedTuple, Optional
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
-# Public TF has no way to pause every active tape; GradientTape.stop_recording
-# uses this same context for its own tape.
+import tf_keras
+# Public TF has no way to pause every active tape (GradientTape.stop_recording
+# uses this same context for its own tape), nor to ask whether a tensor is
+# being differentiated in forward mode.
+from tensorflow.python.eager import forwardprop_util  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.eager import record  # pylint: disable=g-direct-tensorflow-import
-from tensorflow_probability.python.internal import cache_util  # pylint: disable=g-direct-tensorflow-import
 
 from tfp_ircpm import _autodiff
 from tfp_ircpm import _linalg
 from tfp_ircpm import _xla
+from tfp_ircpm import potentials
 from tfp_ircpm import solvers
+from tfp_ircpm.bijectors import _cache
 from tfp_ircpm.manifolds import base
 
 tfb = tfp.bijectors
 
 NONCONVERGENCE_POLICIES = ('warn', 'nan', 'ignore')
+FOLD_POLICIES = ('warn', 'nan', 'ignore')
+# Fixed uniform points at which every solve and log-det also evaluates
+# h(x, ·) (`solvers.suboptimal_points`), besides the batch's own points.
+DEFAULT_GLOBAL_CHECK_POINTS = 64
+
+
+class _LogDet(NamedTuple):
+  """The closed-form log-det at y and the evidence that it is valid, [N]."""
+  ildj: tf.Tensor       # log|det E_xᵀ J_{f⁻¹}(y) E_y|
+  sign: tf.Tensor       # sign of det J_{f⁻¹} between oriented tangent spaces
+  outside: tf.Tensor    # y provably outside the image of f (bool)
+  finite: tf.Tensor     # ψ(y) is finite (bool)
 
 
 # Above this many ambient coordinates the exact log-det builds J from
@@ -48,31 +66,60 @@ class IRCPM(tfb.Bijector):
 
   f is a diffeomorphism when ψ obeys the bounds of Lemmas 3-4 (small ‖grad ψ‖
   and ‖Hess ψ‖); then ψ is also the c-transform of ψ^c and the closed-form
-  inverse inverts the solve.
+  inverse inverts the solve. ψ must be C² (the solve uses Hess ψ; log-det
+  gradients need third derivatives): potentials with known non-smooth
+  activations (ReLU, ...) draw a warning.
+
+  Evidence that the map is not a bijection where it is evaluated is never
+  hidden behind a finite density (the `fold` policy):
+
+  * log-dets at y (log_prob, inverse_log_det_jacobian, the training losses):
+    the signed det J_{f⁻¹}(y) is <= 0 (a fold), or y lies outside the image
+    of f, i.e. h(f⁻¹(y), ·) is lower at another point
+    (`solvers.suboptimal_points`: the batch's points and
+    `global_check_points` fixed uniform points);
+  * forward (sample, sample_and_log_prob): the solve stopped at a critical
+    point of h(x, ·) that is not its minimiser (a lower candidate, or a
+    Hessian that is not positive definite).
+
+  These are tests at the evaluated points. det J_{f⁻¹} > 0 there does not
+  prove that f is a bijection; `diagnostics.check_diffeomorphism` (and the
+  training monitors built on it) test the whole manifold on dense points.
 
   Args:
     manifold: a `tfp_ircpm.manifolds.Manifold`.
     potential: ψ, any callable mapping points [..., ambient_dim] to [...]
       (or [..., 1]): a `potentials.*` object, a `tf.Module`, a `tf_keras`
-      model or a function. tf.Module/Keras variables are tracked.
+      model or a function. tf.Module/Keras variables are tracked, and an
+      unbuilt Keras model is built here on a [1, ambient_dim] input. The
+      bijector's dtype is that of ψ's variables (None for a potential
+      without variables, which then runs in the points' dtype).
     method: solver, 'newton' (default) or 'gradient' (the paper's descent).
     tolerance: solver tolerance on ‖grad_y h‖; default 1e-5 (float32) or
       1e-10 (float64).
     max_iterations: solver cap; default 50 (Newton) or 1000 (gradient).
     nonconvergence: what `forward` does with points whose solve missed the
       tolerance when `validate_args=False`: 'warn' (default; prints a
-      warning with tf.print), 'nan' (those outputs become NaN, so nothing
-      downstream is silently wrong) or 'ignore'. With `validate_args=True`
-      a non-converged solve raises `tf.errors.InvalidArgumentError`. Under
-      XLA (`jit_compile=True`), which can neither print nor raise, 'warn'
-      and `validate_args=True` both act as 'nan'.
-    validate_args: check inputs are on the manifold and solves converge.
+      warning to stderr), 'nan' (those outputs become NaN, so nothing
+      downstream is silently wrong) or 'ignore'.
+    fold: the same choice for points where the map is evidently not a
+      bijection (see above): 'warn' (default), 'nan' (those points' log-dets,
+      and in forward their outputs, become NaN) or 'ignore'.
+    global_check_points: fixed uniform points used as extra candidates of
+      the global-minimum test (0: only the batch's points).
+    validate_args: check inputs (event size, finiteness, membership of the
+      manifold) and raise `tf.errors.InvalidArgumentError` on a
+      non-converged solve, a non-finite ψ or a fold. Under XLA
+      (`jit_compile=True`), which can neither print nor raise, 'warn' and
+      `validate_args=True` both act as 'nan'.
     name: name scope.
   """
 
   # Like tfb.FFJORD: the forward pass also yields the log-det, stored as a
-  # cache attribute that forward_/inverse_log_det_jacobian read back.
-  _cache = cache_util.BijectorCacheWithGreedyAttrs(
+  # cache attribute that forward_/inverse_log_det_jacobian read back. The
+  # cache drops entries that went stale or are off the active tape
+  # (`_cache.ValidatedCache`).
+  _cache = _cache.ValidatedCache(
       forward_name='_augmented_forward', inverse_name='_augmented_inverse')
 
   def __init__(self,
@@ -82,6 +129,8 @@ class IRCPM(tfb.Bijector):
                tolerance: Optional[float] = None,
                max_iterations: Optional[int] = None,
                nonconvergence: str = 'warn',
+               fold: str = 'warn',
+               global_check_points: int = DEFAULT_GLOBAL_CHECK_POINTS,
                validate_args: bool = False,
                name: str = 'ircpm'):
     parameters = dict(locals())
@@ -94,6 +143,20 @@ class IRCPM(tfb.Bijector):
     if nonconvergence not in NONCONVERGENCE_POLICIES:
       raise ValueError(
           f'nonconvergence must be one of {NONCONVERGENCE_POLICIES}.')
+    if fold not in FOLD_POLICIES:
+      raise ValueError(f'fold must be one of {FOLD_POLICIES}.')
+    if int(global_check_points) < 0:
+      raise ValueError('global_check_points must be >= 0.')
+    _build_keras_potential(potential, manifold)
+    nonsmooth = getattr(potentials, 'nonsmooth_activations',
+                        lambda _: [])(potential)
+    if nonsmooth:
+      warnings.warn(
+          f'{name}: the potential uses non-smooth activations '
+          f'({", ".join(nonsmooth)}). ψ must be C²: the solve uses Hess ψ '
+          'and log-det gradients its third derivatives, so solves may miss '
+          'their tolerance and round trips fail. Use softplus, tanh, swish '
+          'or another smooth activation.', UserWarning, stacklevel=2)
     with tf.name_scope(name) as name:
       self._manifold = manifold
       self._potential = potential
@@ -101,6 +164,9 @@ class IRCPM(tfb.Bijector):
       self._tolerance = tolerance
       self._max_iterations = max_iterations
       self._nonconvergence = nonconvergence
+      self._fold = fold
+      self._candidates = _fixed_candidates(manifold, int(global_check_points))
+      self._cache_state = _cache.StateTracker(self._potential_variables)
       # The solve and the log-det run as tf.functions in every mode. Traced
       # once per input signature, they are reused by every call (a Chain of
       # the same instance traces them once, not once per link), and eager
@@ -111,13 +177,21 @@ class IRCPM(tfb.Bijector):
       no_inline = {'_noinline': True}
       self._solve_fn = tf.function(self._solve_flat, reduce_retracing=True,
                                    experimental_attributes=no_inline)
-      self._ildj_fn = tf.function(self._ildj_flat, reduce_retracing=True,
-                                  experimental_attributes=no_inline)
+      self._log_det_fn = tf.function(self._log_det_flat,
+                                     reduce_retracing=True,
+                                     experimental_attributes=no_inline)
       super().__init__(
           forward_min_event_ndims=1,
+          dtype=self._potential_dtype(),
           validate_args=validate_args,
           parameters=parameters,
           name=name)
+
+  @classmethod
+  def _parameter_properties(cls, dtype):
+    # No batch parameters: an IRCPM maps single events, batch shape [].
+    del dtype
+    return dict()
 
   @property
   def manifold(self) -> base.Manifold:
@@ -131,35 +205,87 @@ class IRCPM(tfb.Bijector):
   def method(self) -> str:
     return self._method
 
+  @property
+  def tolerance(self) -> Optional[float]:
+    """The solve's tolerance on ‖grad_y h‖; None: 1e-5 (f32) / 1e-10 (f64)."""
+    return self._tolerance
+
+  @property
+  def max_iterations(self) -> Optional[int]:
+    """The solve's iteration cap; None: 50 (Newton) / 1000 (gradient)."""
+    return self._max_iterations
+
+  @property
+  def nonconvergence(self) -> str:
+    return self._nonconvergence
+
+  @property
+  def fold(self) -> str:
+    return self._fold
+
   @classmethod
   def _is_increasing(cls):
     return False
 
   # -- helpers ---------------------------------------------------------------
 
+  def _potential_variables(self):
+    return list(getattr(self._potential, 'variables', None) or ())
+
   def _potential_dtype(self) -> Optional[tf.DType]:
     """The one floating dtype of ψ's variables, or None (none, or mixed)."""
-    variables = getattr(self._potential, 'variables', None) or ()
-    dtypes = {v.dtype.base_dtype for v in variables if v.dtype.is_floating}
+    dtypes = {v.dtype.base_dtype for v in self._potential_variables()
+              if v.dtype.is_floating}
     return dtypes.pop() if len(dtypes) == 1 else None
 
+  def _check_dtype(self, x):
+    """Tensors must be float32/float64 and of the bijector's dtype.
+
+    NumPy arrays and Python values are converted to the bijector's dtype,
+    as TF converts them, but only from float32/float64. TFP's own check
+    would raise a ValueError naming neither the flow nor ψ.
+    """
+    dtype = getattr(x, 'dtype', None)
+    if dtype is None or not isinstance(x, (tf.Tensor, tf.Variable,
+                                           np.ndarray, np.generic)):
+      return
+    dtype = tf.as_dtype(dtype)
+    if dtype not in (tf.float32, tf.float64):
+      raise TypeError(f'{self.name}: points must be float32 or float64, got '
+                      f'{dtype.name}.')
+    if (self.dtype is not None and dtype != self.dtype
+        and not isinstance(x, (np.ndarray, np.generic))):
+      raise TypeError(
+          f'{self.name}: points have dtype {dtype.name} but the potential\'s '
+          f'variables are {self.dtype.name}; cast the points, or build ψ '
+          'in that dtype.')
+
+  def _call_forward(self, x, name, **kwargs):
+    self._check_dtype(x)
+    return super()._call_forward(x, name, **kwargs)
+
+  def _call_inverse(self, y, name, **kwargs):
+    self._check_dtype(y)
+    return super()._call_inverse(y, name, **kwargs)
+
+  def _call_forward_log_det_jacobian(self, x, event_ndims, name, **kwargs):
+    self._check_dtype(x)
+    return super()._call_forward_log_det_jacobian(x, event_ndims, name,
+                                                  **kwargs)
+
+  def _call_inverse_log_det_jacobian(self, y, event_ndims, name, **kwargs):
+    self._check_dtype(y)
+    return super()._call_inverse_log_det_jacobian(y, event_ndims, name,
+                                                  **kwargs)
+
   def _flatten_points(self, x):
-    x = tf.convert_to_tensor(x, dtype_hint=self._potential_dtype())
+    x = tf.convert_to_tensor(x, dtype_hint=self.dtype)
     # The solve needs a Cholesky factorisation and the log-det a QR, which
     # TF has for float32 and float64 only; integers would also truncate.
     if x.dtype not in (tf.float32, tf.float64):
       raise TypeError(f'{self.name}: points must be float32 or float64, got '
                       f'{x.dtype.name}.')
     if self.validate_args:
-      expected = self._potential_dtype()
-      # Without validate_args a float32 ψ evaluated on float64 points is a
-      # float64 computation (variables are cast); strict mode refuses the
-      # silent precision change.
-      if expected is not None and x.dtype != expected:
-        raise TypeError(
-            f'{self.name}: points have dtype {x.dtype.name} but the '
-            f'potential\'s variables are {expected.name} (validate_args=True '
-            'forbids mixing them; cast the points or build ψ in that dtype).')
       with tf.control_dependencies(self._manifold.membership_assertions(x)):
         x = tf.identity(x)
     else:
@@ -167,10 +293,16 @@ class IRCPM(tfb.Bijector):
     shape = tf.shape(x)
     return tf.reshape(x, [-1, self._manifold.ambient_dim]), shape
 
+  def _candidates_like(self, dtype):
+    if self._candidates is None:
+      return None
+    return tf.constant(self._candidates, dtype)
+
   def _solve_flat(self, x):
     return solvers.solve(self._manifold, self._potential, x,
                          method=self._method, tolerance=self._tolerance,
-                         max_iterations=self._max_iterations)
+                         max_iterations=self._max_iterations,
+                         candidates=self._candidates_like(x.dtype))
 
   def _solve_any_mode(self, x_flat):
     """The solve, with no gradient path into its iterations in any mode.
@@ -184,18 +316,120 @@ class IRCPM(tfb.Bijector):
       result = self._solve_fn(x_flat)
     return tf.nest.map_structure(tf.stop_gradient, result)
 
-  def riemannian_grad_potential(self, y: tf.Tensor) -> tf.Tensor:
-    """grad ψ(y) = P_y ∇ψ(y), [..., ambient_dim]; differentiable (nested tapes)."""
+  def _potential_and_gradient(self, y):
+    """(ψ(y) [...], grad ψ(y) = P_y ∇ψ(y) [..., ambient]); nested tapes."""
     with tf.GradientTape() as tape:
       tape.watch(y)
       psi = solvers.call_potential(self._potential, y)
     g = tape.gradient(psi, y, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return self._manifold.proju(y, g)
+    return psi, self._manifold.proju(y, g)
+
+  def riemannian_grad_potential(self, y: tf.Tensor) -> tf.Tensor:
+    """grad ψ(y) = P_y ∇ψ(y), [..., ambient_dim]; differentiable (nested tapes)."""
+    return self._potential_and_gradient(y)[1]
 
   def _inverse_flat(self, y):
+    """exp_y(grad ψ(y)) [N, ambient]; NaN where ψ(y) is not finite.
+
+    A NaN region of ψ written with tf.where has a zero gradient there, so
+    without the mask it would look flat and map y to itself.
+    """
     m = self._manifold
     y = m.projx(y)
-    return m.projx(m.expmap(y, self.riemannian_grad_potential(y)))
+    psi, grad = self._potential_and_gradient(y)
+    x = m.projx(m.expmap(y, grad))
+    return tf.where(tf.math.is_finite(psi)[..., tf.newaxis], x,
+                    tf.constant(float('nan'), x.dtype))
+
+  # -- failure policies --------------------------------------------------------
+
+  def _apply_policy(self, values, bad, policy, message):
+    """Raise, warn about, NaN or ignore `values` rows where `bad` [N].
+
+    `message` is a list of strings and scalar tensors (Assert / tf.print
+    arguments). validate_args raises; under XLA, which can neither print
+    nor raise (tf2xla compiles Assert to a no-op), 'warn' and validate_args
+    act as 'nan'.
+    """
+    strict = self.validate_args
+    if _xla.in_xla_context() and (strict or policy == 'warn'):
+      return _nan_rows(values, bad)
+    if strict:
+      ok = tf.debugging.Assert(~tf.reduce_any(bad), message, summarize=8)
+      with tf.control_dependencies([ok]):
+        return tf.identity(values)
+    if policy == 'nan':
+      return _nan_rows(values, bad)
+    if policy == 'warn':
+      def warn():
+        tf.print('WARNING:', *message, output_stream=sys.stderr)
+        return tf.constant(True)
+      done = tf.cond(tf.reduce_any(bad), warn, lambda: tf.constant(True))
+      with tf.control_dependencies([done]):
+        return tf.identity(values)
+    return values
+
+  def _nonfinite_message(self, bad):
+    return [f'{self.name}: the potential is NaN or infinite at', _count(bad),
+            'points; their outputs are NaN (a non-finite ψ is treated like '
+            'a non-finite input).']
+
+  def _check_forward(self, y, result):
+    """The policies for one forward solve, applied to y [N, ambient]."""
+    finite = tf.math.is_finite(result.value)
+    nonfinite = ~finite
+    y = _nan_rows(y, nonfinite)
+    if self.validate_args:
+      y = self._apply_policy(y, nonfinite, 'nan',
+                             self._nonfinite_message(nonfinite))
+    missed = ~result.converged & finite
+    y = self._apply_policy(
+        y, missed, self._nonconvergence,
+        [f'{self.name}: the c-transform solve did not reach its tolerance '
+         'at', _count(missed), 'points (psi may violate the bounds of '
+         'Lemmas 3-4, or max_iterations is too small). Worst residual:',
+         tf.reduce_max(tf.where(missed, result.residual,
+                                tf.zeros_like(result.residual)))])
+    wrong = result.suboptimal & result.converged
+    return self._apply_policy(
+        y, wrong, self._fold,
+        [f'{self.name}: the solve stopped at a critical point of h(x, .) '
+         'that is not its minimiser at', _count(wrong), 'points (a lower '
+         'value elsewhere, or a Hessian that is not positive definite): the '
+         'map is not a bijection (f^-1 folds), so these samples and their '
+         'densities are wrong. Check the model with '
+         'diagnostics.check_diffeomorphism; keep psi within the bounds of '
+         'Lemmas 3-4 (e.g. potentials.MLP(certified=True)).'])
+
+  def _check_log_det(self, ildj, log_det: _LogDet):
+    """The policies for closed-form log-dets, applied to ildj [N]."""
+    nonfinite = ~log_det.finite
+    ildj = _nan_rows(ildj, nonfinite)
+    if self.validate_args:
+      ildj = self._apply_policy(ildj, nonfinite, 'nan',
+                                self._nonfinite_message(nonfinite))
+    folded = (log_det.sign <= 0.) & log_det.finite
+    outside = log_det.outside & log_det.finite & ~folded
+    return self._apply_policy(
+        ildj, folded | outside, self._fold,
+        [f'{self.name}: det J_f^-1 <= 0 at', _count(folded), 'points and y '
+         'outside the image of f (h(f^-1(y), .) lower elsewhere) at',
+         _count(outside), 'more: the map folds, so these densities are '
+         'wrong. Check the model with diagnostics.check_diffeomorphism; keep '
+         'psi within the bounds of Lemmas 3-4 (e.g. '
+         'potentials.MLP(certified=True)).'])
+
+  def _refuse_forward_mode(self, x):
+    """Forward-mode autodiff through the solve is not supported: raise."""
+    if forwardprop_util.pack_tangents([x]).tangents:
+      raise NotImplementedError(
+          f'{self.name}: forward-mode differentiation of IRCPM.forward '
+          '(through the c-transform solve) is not supported. TFP does it to '
+          'correct densities when a plain tfb.Chain of IRCPMs sits on a TFP '
+          'spherical base (tfd.SphericalUniform, tfd.VonMisesFisher, '
+          'tfd.PowerSpherical). Use tfp_ircpm.bijectors.Chain instead of '
+          'tfb.Chain, or a base that reports the intrinsic tangent space '
+          '(manifold.uniform(), tfp_ircpm.distributions.*).')
 
   # -- public diagnostics ------------------------------------------------------
 
@@ -207,10 +441,12 @@ class IRCPM(tfb.Bijector):
 
     Returns:
       `SolveResult` with `point` [..., ambient_dim], `iterations`, `residual`
-      (‖grad_y h‖) and `converged` [...], and `hessian` [..., dim, dim]. None
-      of it carries gradients; use `forward` for differentiable outputs.
+      (‖grad_y h‖), `converged`, `value` (h(x, y*)) and `suboptimal` [...],
+      `gradient` [..., dim] and `hessian` [..., dim, dim]. None of it
+      carries gradients; use `forward` for differentiable outputs.
     """
     with tf.name_scope(f'{self.name}/solve'):
+      self._check_dtype(x)
       x_flat, shape = self._flatten_points(x)
       r = self._solve_any_mode(self._manifold.projx(x_flat))
       batch = shape[:-1]
@@ -220,7 +456,10 @@ class IRCPM(tfb.Bijector):
           iterations=tf.reshape(r.iterations, batch),
           residual=tf.reshape(r.residual, batch),
           converged=tf.reshape(r.converged, batch),
-          hessian=tf.reshape(r.hessian, tf.concat([batch, [d, d]], 0)))
+          hessian=tf.reshape(r.hessian, tf.concat([batch, [d, d]], 0)),
+          gradient=tf.reshape(r.gradient, tf.concat([batch, [d]], 0)),
+          value=tf.reshape(r.value, batch),
+          suboptimal=tf.reshape(r.suboptimal, batch))
 
   # -- Bijector hooks ----------------------------------------------------------
 
@@ -229,15 +468,21 @@ class IRCPM(tfb.Bijector):
 
   def _augmented_forward(self, x):
     """(f(x), {'ildj': ildj(f(x))}) from one solve."""
-    x_flat, shape = self._flatten_points(x)
-    x_flat = self._manifold.projx(x_flat)
-    result = self._solve_any_mode(x_flat)
-    y = solvers.lazy_implicit_step(self._manifold, self._potential, x_flat,
-                                   result)
-    y = self._handle_nonconvergence(y, result)
-    ildj = self._solve_log_det(x_flat, y, result)
-    attrs = None if ildj is None else {'ildj': tf.reshape(ildj, shape[:-1])}
-    return tf.reshape(y, shape), attrs
+    self._refuse_forward_mode(x)
+    with _cache.read_only_ops():
+      x_flat, shape = self._flatten_points(x)
+      x_flat = self._manifold.projx(x_flat)
+      result = self._solve_any_mode(x_flat)
+      y = solvers.lazy_implicit_step(self._manifold, self._potential, x_flat,
+                                     result)
+      y = self._check_forward(y, result)
+      ildj = self._solve_log_det(x_flat, y, result)
+      attrs = None
+      if ildj is not None:
+        # Rows whose output a policy turned into NaN get a NaN log-det.
+        ildj = _nan_rows(ildj, tf.reduce_any(tf.math.is_nan(y), axis=-1))
+        attrs = {'ildj': tf.reshape(ildj, shape[:-1])}
+      return tf.reshape(y, shape), attrs
 
   def _augmented_inverse(self, y):
     return self._inverse(y), None
@@ -255,7 +500,8 @@ class IRCPM(tfb.Bijector):
     (`Manifold.log_det_dexp`). The solve returns H, so the value costs one
     dim × dim determinant instead of the dim reverse passes of the
     closed-form route; they agree to O(tolerance) (tested). |det| matches
-    the closed-form route's convention.
+    the closed-form route's convention; the solve has checked that H is
+    positive definite (`SolveResult.suboptimal`).
 
     Its gradient is the closed-form route's, computed only when asked for
     (`_autodiff.with_lazy_gradient`): ψ's variables are passed in
@@ -273,57 +519,29 @@ class IRCPM(tfb.Bijector):
       return tf.stop_gradient(_linalg.logabsdet(result.hessian) + correction)
 
     value = tf.cond(tf.reduce_all(result.converged), from_hessian,
-                    lambda: tf.stop_gradient(self._call_ildj(y_flat)))
-    return _autodiff.with_lazy_gradient(value, self._call_ildj, y_flat,
+                    lambda: tf.stop_gradient(self._ildj_fn(y_flat)))
+    return _autodiff.with_lazy_gradient(value, self._ildj_fn, y_flat,
                                         self._potential.trainable_variables)
 
-  def _handle_nonconvergence(self, y, result):
-    worst = tf.reduce_max(result.residual)
-    if _xla.in_xla_context() and (self.validate_args
-                                  or self._nonconvergence == 'warn'):
-      # XLA can neither print nor raise (tf2xla compiles Assert to a no-op),
-      # so the failing points become NaN rather than pass silently.
-      return self._nan_where_unconverged(y, result)
-    if self.validate_args:
-      failing = tf.reduce_sum(tf.cast(~result.converged, tf.int32))
-      ok = tf.debugging.Assert(
-          tf.reduce_all(result.converged),
-          [f'{self.name}: the c-transform solve did not reach its tolerance '
-           'at', failing, 'points (psi may violate the bounds of Lemmas 3-4, '
-           'or max_iterations is too small). Worst residual:', worst])
-      with tf.control_dependencies([ok]):
-        return tf.identity(y)
-    if self._nonconvergence == 'nan':
-      return self._nan_where_unconverged(y, result)
-    if self._nonconvergence == 'warn':
-      def warn():
-        tf.print('WARNING:', self.name, ': c-transform solve missed its '
-                 'tolerance at', tf.reduce_sum(tf.cast(~result.converged,
-                                                       tf.int32)),
-                 'points; worst residual', worst,
-                 output_stream=sys.stderr)
-        return tf.constant(True)
-      done = tf.cond(tf.reduce_all(result.converged),
-                     lambda: tf.constant(True), warn)
-      with tf.control_dependencies([done]):
-        return tf.identity(y)
-    return y
-
-  @staticmethod
-  def _nan_where_unconverged(y, result):
-    nan = tf.constant(float('nan'), y.dtype)
-    return tf.where(result.converged[:, tf.newaxis], y, nan)
-
   def _inverse(self, y):
-    y_flat, shape = self._flatten_points(y)
-    return tf.reshape(self._inverse_flat(y_flat), shape)
+    with _cache.read_only_ops():
+      y_flat, shape = self._flatten_points(y)
+      x = self._inverse_flat(y_flat)
+      if self.validate_args:
+        psi_ok = tf.reduce_all(tf.math.is_finite(x), axis=-1)
+        x = self._apply_policy(x, ~psi_ok, 'nan',
+                               self._nonfinite_message(~psi_ok))
+      return tf.reshape(x, shape)
 
   def _inverse_log_det_jacobian(self, y):
-    y_flat, shape = self._flatten_points(y)
-    return tf.reshape(self._call_ildj(y_flat), shape[:-1])
+    with _cache.read_only_ops():
+      y_flat, shape = self._flatten_points(y)
+      log_det = self._call_log_det(y_flat)
+      ildj = self._check_log_det(log_det.ildj, log_det)
+      return tf.reshape(ildj, shape[:-1])
 
-  def _call_ildj(self, y_flat):
-    """`_ildj_flat` as a nested function call, or inline under XLA.
+  def _call_log_det(self, y_flat) -> _LogDet:
+    """`_log_det_flat` as a nested function call, or inline under XLA.
 
     XLA cannot see through the gradient of a nested function call: it then
     treats every argument of the jit-compiled function (seeds, ψ's
@@ -333,13 +551,32 @@ class IRCPM(tfb.Bijector):
     that the nested call avoids (see __init__) does not arise under XLA.
     """
     if _xla.in_xla_context():
-      return self._ildj_flat(y_flat)
-    return self._ildj_fn(y_flat)
+      return self._log_det_flat(y_flat)
+    return self._log_det_fn(y_flat)
 
-  def _ildj_flat(self, y_flat):
-    """log|det E_xᵀ J_{f⁻¹}(y) E_y| for y [N, ambient_dim] → [N]."""
-    jac, _ = self._intrinsic_inverse_jacobian(y_flat)
-    return _linalg.logabsdet(jac)
+  def _ildj_fn(self, y_flat):
+    """log|det E_xᵀ J_{f⁻¹}(y) E_y| for y [N, ambient_dim] → [N], unchecked."""
+    return self._call_log_det(y_flat).ildj
+
+  def _log_det_flat(self, y_flat) -> _LogDet:
+    """The closed-form log-det at y [N, ambient_dim] and its evidence, [N].
+
+    The sign is that of det J_{f⁻¹} between oriented tangent spaces (see
+    `inverse_jacobian_determinant`); `outside` is the global-minimum test
+    of `solvers.suboptimal_points` at (f⁻¹(y), y).
+    """
+    m = self._manifold
+    y_flat = m.projx(y_flat)
+    jac, x = self._intrinsic_inverse_jacobian(y_flat)
+    sign, ildj = _linalg.slogdet(jac)
+    sign = sign * m.frame_orientation(x) * m.frame_orientation(y_flat)
+    x, y_stop = tf.stop_gradient(x), tf.stop_gradient(y_flat)
+    psi = tf.stop_gradient(solvers.call_potential(self._potential, y_stop))
+    outside = solvers.suboptimal_points(m, self._potential, x, y_stop, psi,
+                                        self._candidates_like(y_flat.dtype))
+    return _LogDet(ildj=ildj, sign=tf.stop_gradient(sign),
+                   outside=tf.stop_gradient(outside),
+                   finite=tf.math.is_finite(psi))
 
   def _intrinsic_inverse_jacobian(self, y_flat):
     """(E_xᵀ J_{f⁻¹}(y) E_y [N, dim, dim], x = f⁻¹(y) [N, ambient_dim]).
@@ -448,3 +685,32 @@ class IRCPM(tfb.Bijector):
     return (self.forward_log_det_jacobian(x, event_ndims=event_ndims,
                                           **kwargs),
             tangent_space)
+
+
+def _count(bad: tf.Tensor) -> tf.Tensor:
+  return tf.reduce_sum(tf.cast(bad, tf.int32))
+
+
+def _nan_rows(values: tf.Tensor, bad: tf.Tensor) -> tf.Tensor:
+  """values with the rows where `bad` [N] set to NaN (values [N, ...])."""
+  bad = tf.reshape(bad, tf.concat(
+      [tf.shape(bad), tf.ones([tf.rank(values) - 1], tf.int32)], 0))
+  return tf.where(bad, tf.constant(float('nan'), values.dtype), values)
+
+
+def _build_keras_potential(potential, manifold: base.Manifold) -> None:
+  """Builds an unbuilt tf_keras model on one point, so that its variables
+  exist (and are tracked, and set the bijector's dtype) before first use."""
+  if isinstance(potential, tf_keras.layers.Layer) and not potential.built:
+    dtype = tf.as_dtype(getattr(potential, 'dtype', None) or tf.float32)
+    with tf.init_scope():
+      potential(tf.zeros([1, manifold.ambient_dim], dtype))
+
+
+def _fixed_candidates(manifold: base.Manifold, num: int):
+  """`num` uniform points [num, ambient_dim] (float64 NumPy) from a fixed
+  seed, or None: the fixed candidates of the global-minimum test."""
+  if not num:
+    return None
+  with tf.init_scope():
+    return manifold.uniform(tf.float64).sample(num, seed=(17, 29)).numpy()
