@@ -12,7 +12,9 @@ M = ircpm.manifolds
 
 
 @pytest.mark.parametrize('manifold', [M.Sphere(2), M.Torus(2),
-                                      M.Product([M.Torus(1), M.Sphere(2)])],
+                                      M.Product([M.Torus(1), M.Sphere(2)]),
+                                      M.Power(M.Sphere(2), 2),
+                                      M.Power(M.Torus(1), 3)],
                          ids=repr)
 @pytest.mark.parametrize('scale', [0.05, 3.0])
 def test_bounds_dominate_measured_derivatives(manifold, scale):
@@ -30,7 +32,9 @@ def test_bounds_dominate_measured_derivatives(manifold, scale):
 
 @pytest.mark.parametrize('manifold,radius', [
     (M.Sphere(2), None), (M.Sphere(2), 0.5), (M.Torus(2), None),
-    (M.Product([M.Torus(1), M.Sphere(2)]), None)], ids=repr)
+    (M.Product([M.Torus(1), M.Sphere(2)]), None),
+    (M.Power(M.Sphere(2), 2), None), (M.Power(M.Sphere(2), 2), 0.5),
+    (M.Power(M.Torus(1), 3), None)], ids=repr)
 def test_certified_potential_meets_lemma4_for_any_weights(manifold, radius):
   psi = ircpm.potentials.MLP(manifold, (32, 32), output_scale=1.,
                              certified=True, certified_radius=radius, seed=0,
@@ -77,3 +81,40 @@ def test_adaptive_radius_is_the_largest_admissible_scale():
   ok = lambda s: any(s * g < l / 2. and s * h < l / math.tan(l) for l in lams)
   assert not ok(1.01 * c / 0.98)
   assert ok(0.99 * c / 0.98)
+
+
+def test_power_targets_are_the_factors():
+  """Power(M, k) and Product([M] * k) certify with M's constants."""
+  for factor in [M.Sphere(2), M.Torus(1)]:
+    for radius in [0.5, 1.2]:
+      t = ircpm.potentials.certified_targets(M.Power(factor, 3), radius)
+      assert t == ircpm.potentials.certified_targets(factor, radius)
+      assert t == ircpm.potentials.certified_targets(
+          M.Product([factor] * 3), radius)
+  assert ircpm.potentials.certified_targets(M.Power(M.Sphere(2), 2)) is None
+  assert ircpm.potentials.certified_targets(M.Power(M.Torus(1), 2)) == (
+      pytest.approx(0.98 * 0.98 * math.pi / 2), 0.98)
+  with pytest.raises(ValueError, match='radius'):
+    ircpm.potentials.certified_targets(M.Power(M.Sphere(2), 2), 1.6)
+  with pytest.raises(ValueError, match='radius'):
+    ircpm.potentials.certified_targets(M.Power(M.Torus(1), 2), 3.2)
+
+
+def test_sphere_and_torus_numbers_are_unchanged():
+  """The Lemma 4 targets written out for the unit sphere and the torus."""
+  lam = 0.5
+  g, h = ircpm.potentials.certified_targets(M.Sphere(2), lam)
+  assert g == pytest.approx(0.98 * lam / 2, rel=1e-15)
+  assert h == pytest.approx(0.98 * lam / math.tan(lam), rel=1e-15)
+  g, h = ircpm.potentials.certified_targets(M.Torus(2))
+  assert g == pytest.approx(0.98 * 0.98 * math.pi / 2, rel=1e-15)
+  assert h == pytest.approx(0.98, rel=1e-15)
+
+
+def test_manifold_without_constants_is_refused():
+  class Opaque(M.Torus):
+    embed_derivative_bounds = None
+  with pytest.raises(ValueError, match='No certified bounds'):
+    ircpm.potentials.MLP(Opaque(2), certified=True)
+  with pytest.raises(ValueError, match='No certified bounds'):
+    ircpm.potentials.MLP(Opaque(2)).derivative_bounds()

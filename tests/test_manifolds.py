@@ -238,3 +238,180 @@ def test_power_equals_the_product_of_copies(factor):
     power.membership_assertions(tf.zeros([1, power.ambient_dim + 1]))
   with pytest.raises(ValueError, match='k >= 1'):
     M.Power(factor, 0)
+
+
+# -- Constants for Lemmas 3-4, the certified bounds and the log-det forms. ----
+
+
+def test_constants_of_tori_and_spheres():
+  for n in (1, 2, 5):
+    t, s = M.Torus(n), M.Sphere(n)
+    assert (t.sectional_curvature_bound, s.sectional_curvature_bound) == (0, 1)
+    assert t.injectivity_radius == s.injectivity_radius == math.pi
+    assert t.embed_derivative_bounds == s.embed_derivative_bounds == (1, 1)
+    assert t.has_closed_form_log_det_dexp and s.has_closed_form_log_det_dexp
+    assert t.is_flat and not s.is_flat
+    assert t.max_certified_radius() == math.pi
+    assert s.max_certified_radius() == math.pi / 2
+
+
+class _Opaque(M.Torus):
+  """A torus that keeps the protocol's defaults: it knows no constants."""
+  sectional_curvature_bound = M.Manifold.sectional_curvature_bound
+  injectivity_radius = M.Manifold.injectivity_radius
+  embed_derivative_bounds = M.Manifold.embed_derivative_bounds
+  has_closed_form_log_det_dexp = M.Manifold.has_closed_form_log_det_dexp
+  is_flat = M.Manifold.is_flat
+
+  def log_det_dexp(self, x, y):
+    return None
+
+
+def _constants(m):
+  return (m.sectional_curvature_bound, m.injectivity_radius,
+          m.embed_derivative_bounds, m.has_closed_form_log_det_dexp,
+          m.is_flat, m.max_certified_radius())
+
+
+@pytest.mark.parametrize('factors', [
+    [M.Torus(1), M.Sphere(2)], [M.Torus(2), M.Torus(1)],
+    [M.Sphere(3), M.Sphere(2)], [M.Torus(1), _Opaque(1)]],
+    ids=lambda f: repr(f))
+def test_products_compose_the_factors_constants(factors):
+  """K: max over factors; inj: min; (D, S): max of each; closed-form log
+  det d exp and flatness: all; unknown (None / False) if a factor's is."""
+  p = M.Product(factors)
+  ks = [m.sectional_curvature_bound for m in factors]
+  radii = [m.injectivity_radius for m in factors]
+  embeds = [m.embed_derivative_bounds for m in factors]
+  known = all(k is not None for k in ks)
+  assert p.sectional_curvature_bound == (max(ks) if known else None)
+  assert p.injectivity_radius == (min(radii) if known else None)
+  assert p.embed_derivative_bounds == (
+      (max(e[0] for e in embeds), max(e[1] for e in embeds))
+      if all(e is not None for e in embeds) else None)
+  assert p.has_closed_form_log_det_dexp == all(
+      m.has_closed_form_log_det_dexp for m in factors)
+  assert p.is_flat == all(m.is_flat for m in factors)
+  # Power(M, k) has Product([M] * k)'s constants, i.e. M's.
+  for m in factors:
+    assert _constants(M.Power(m, 3)) == _constants(M.Product([m] * 3)) == (
+        _constants(m))
+  x = p.uniform(tf.float64).sample(3, seed=1)
+  assert (p.log_det_dexp(x, x) is not None) == p.has_closed_form_log_det_dexp
+
+
+def test_the_lemma4_hessian_bound():
+  s, t = M.Sphere(2), M.Torus(3)
+  for lam in (0.1, 0.8, 1.5):
+    assert s.lemma4_hessian_bound(lam) == lam / math.tan(lam)
+    assert t.lemma4_hessian_bound(lam) == 1.
+  assert s.lemma4_hessian_bound(0.) == t.lemma4_hessian_bound(0.) == 1.
+  assert s.lemma4_hessian_bound(math.pi / 2) == 0.
+  assert t.lemma4_hessian_bound(3.) == 1. and t.lemma4_hessian_bound(3.2) == 0.
+  assert _Opaque(1).lemma4_hessian_bound(0.1) == 0.
+  p = M.Power(M.Sphere(2), 4)
+  assert p.lemma4_hessian_bound(0.8) == s.lemma4_hessian_bound(0.8)
+
+  class QuarterSphere(M.Sphere):   # as if of radius 1/2: curvature 4
+    sectional_curvature_bound = 4.
+    injectivity_radius = math.pi / 2
+
+  q = QuarterSphere(2)
+  assert q.max_certified_radius() == pytest.approx(math.pi / 4)
+  assert q.lemma4_hessian_bound(0.3) == pytest.approx(0.6 / math.tan(0.6))
+  assert q.lemma4_hessian_bound(0.8) == 0.
+
+
+def _embedding_derivatives(m, x, v):
+  """d/dt and d²/dt² of φ(exp_x(t v)) at t = 0, [N, embed_dim] each."""
+  t = tf.zeros([tf.shape(x)[0], 1], x.dtype)
+  with tf.autodiff.ForwardAccumulator(t, tf.ones_like(t)) as outer:
+    with tf.autodiff.ForwardAccumulator(t, tf.ones_like(t)) as inner:
+      phi = m.embed(m.expmap(x, t * v))
+    d1 = inner.jvp(phi)
+  return d1, outer.jvp(d1)
+
+
+@pytest.mark.parametrize('name', sorted(MANIFOLDS))
+def test_embed_derivative_bounds_hold(name):
+  """|Dφ v| <= D and |∇²φ(v, v)| <= S for unit tangent v, with the
+  covariant Hessian d²/dt² φ(exp_x(tv)); both are attained here (Dφ is an
+  isometry; S on a unit coordinate direction)."""
+  m = MANIFOLDS[name]()
+  d_bound, s_bound = m.embed_derivative_bounds
+  x = _points(m, 64, tf.float64, seed=2)
+  v = _tangents(m, x, 1.)
+  v = tf.concat([v, m.tangent_frame(x)[:, :, 0]], 0)   # a coordinate one
+  x = tf.concat([x, x], 0)
+  v /= tf.norm(v, axis=-1, keepdims=True)
+  d1, d2 = _embedding_derivatives(m, x, v)
+  d1, d2 = tf.norm(d1, axis=-1).numpy(), tf.norm(d2, axis=-1).numpy()
+  assert d1.max() <= d_bound * (1 + 1e-12) and d2.max() <= s_bound + 1e-12
+  np.testing.assert_allclose(d1.max(), d_bound, rtol=1e-12)
+  np.testing.assert_allclose(d2.max(), s_bound, rtol=1e-9)
+
+
+def _distance_hessian(m):
+  """(x, y) ↦ the Riemannian Hessian H_c of ½d(x, ·)² at y, [N, dim, dim]."""
+
+  @tf.function  # eager pfor is slow
+  def hessian(x, y):
+    frame = m.tangent_frame(y)
+    u = tf.zeros([tf.shape(y)[0], m.dim], y.dtype)
+    with tf.GradientTape() as outer:
+      outer.watch(u)
+      with tf.GradientTape() as inner:
+        inner.watch(u)
+        half = 0.5 * m.sq_dist(x, m.expmap(y, tf.linalg.matvec(frame, u)))
+      g = inner.gradient(half, u)
+    return outer.batch_jacobian(g, u)
+
+  return hessian
+
+
+@pytest.mark.parametrize('name', sorted(MANIFOLDS))
+def test_curvature_bound_gives_the_distance_hessian_bound(name):
+  """What Lemma 4 uses K for: at distance t < max_certified_radius, H_c has
+  its eigenvalues in [η(t), 1], η = `lemma4_hessian_bound` (t cot t on Sⁿ,
+  n >= 2, where the bound is attained; 1 on flat manifolds)."""
+  m = MANIFOLDS[name]()
+  x = _points(m, 64, tf.float64, seed=4)
+  w = _tangents(m, x, 1.)
+  hessian = _distance_hessian(m)
+  for frac in (0.3, 0.9):
+    t = frac * m.max_certified_radius()
+    y = m.expmap(x, t * w / tf.norm(w, axis=-1, keepdims=True))
+    eig = np.linalg.eigvalsh(hessian(x, y).numpy())
+    eta = m.lemma4_hessian_bound(t)
+    assert eig.min() >= eta - 1e-9 and eig.max() <= 1. + 1e-9
+    if isinstance(m, M.Sphere) and m.dim >= 2:
+      np.testing.assert_allclose(eig[:, 0], eta, rtol=1e-9)
+    if m.is_flat:
+      np.testing.assert_allclose(eig, 1., atol=1e-9)
+      np.testing.assert_allclose(m.log_det_dexp(x, y), 0., atol=0)
+
+
+@pytest.mark.parametrize('name', sorted(MANIFOLDS))
+def test_injectivity_radius_is_where_geodesics_stop_minimising(name):
+  """A geodesic of length r is minimising for r below the injectivity
+  radius, and (in the worst direction: one axis of one factor) not beyond."""
+  m = MANIFOLDS[name]()
+  x = _points(m, 32, tf.float64, seed=6)
+  e = m.tangent_frame(x)[:, :, 0]           # unit, inside the first factor
+  inj = m.injectivity_radius
+  np.testing.assert_allclose(m.dist(x, m.expmap(x, 0.99 * inj * e)),
+                             0.99 * inj, rtol=1e-9)
+  assert np.all(m.dist(x, m.expmap(x, 1.01 * inj * e)).numpy()
+                < inj * (1 - 1e-3))
+
+
+def test_a_subclass_that_drops_log_det_dexp_has_no_closed_form():
+  class NoDexp(M.Sphere):
+    def log_det_dexp(self, x, y):
+      return None
+
+  assert M.Sphere(2).has_closed_form_log_det_dexp
+  assert not NoDexp(2).has_closed_form_log_det_dexp
+  assert not M.Power(NoDexp(2), 2).has_closed_form_log_det_dexp
+  assert not M.Product([M.Torus(1), NoDexp(2)]).has_closed_form_log_det_dexp

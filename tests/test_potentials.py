@@ -1,9 +1,13 @@
 """Potentials: the paper's parametrisations and their symmetries."""
 
+import functools
 import math
+import warnings
 
 import numpy as np
+import pytest
 import tensorflow as tf
+import tf_keras
 
 import tfp_ircpm as ircpm
 from tfp_ircpm import targets
@@ -79,3 +83,60 @@ def test_energy_potential_on_the_sphere_is_frame_free():
                    [math.sqrt(1 - eps ** 2), 0., -eps]], tf.float64)
   v = psi(x).numpy()
   assert abs(v[0] - v[1]) < 1e-5
+
+
+# -- Non-smooth potentials ------------------------------------------------------
+
+
+def test_mlp_warns_about_a_non_smooth_activation():
+  torus = M.Torus(2)
+  for act, name in [(tf.nn.relu, 'relu'), (tf.nn.elu, 'elu'),
+                    (functools.partial(tf.nn.leaky_relu, alpha=0.1),
+                     'leaky_relu'), (tf.abs, 'abs')]:
+    with pytest.warns(UserWarning, match=f"'{name}' is not twice"):
+      psi = P.MLP(torus, (8,), activation=act)
+    assert P.nonsmooth_activations(psi) == [name]
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    for act in [P.softplus, tf.nn.softplus, tf.tanh, tf.sigmoid, tf.nn.silu,
+                tf.nn.gelu]:
+      assert P.nonsmooth_activations(P.MLP(torus, (8,), activation=act)) == []
+    assert P.nonsmooth_activations(
+        P.InvariantMLP(torus, P.diagonal_shift_features, 2, (8,))) == []
+
+
+def test_nonsmooth_activations_of_keras_models():
+  layers = tf_keras.layers
+
+  def seq(*hidden):
+    return tf_keras.Sequential([tf_keras.Input((4,)), *hidden,
+                                layers.Dense(1)])
+
+  assert P.nonsmooth_activations(seq(layers.Dense(8, activation='relu'))) == [
+      'relu']
+  assert P.nonsmooth_activations(seq(layers.Dense(8), layers.ReLU())) == [
+      'relu']
+  assert P.nonsmooth_activations(seq(layers.Dense(8), layers.LeakyReLU(),
+                                     layers.Activation('selu'))) == [
+                                         'leaky_relu', 'selu']
+  assert P.nonsmooth_activations(seq(layers.Dense(8), layers.ELU())) == ['elu']
+  assert P.nonsmooth_activations(
+      seq(layers.Dense(8, activation=tf_keras.activations.hard_sigmoid))) == [
+          'hard_sigmoid']
+  # Nested models, Sequential inside functional.
+  inner = tf_keras.Sequential([layers.Dense(8, activation='elu')])
+  inp = tf_keras.Input((4,))
+  out = layers.Dense(1)(inner(layers.Dense(8, activation='tanh')(inp)))
+  assert P.nonsmooth_activations(tf_keras.Model(inp, out)) == ['elu']
+  # Smooth ones.
+  for act in ['softplus', 'tanh', 'sigmoid', 'swish', 'gelu', 'exponential',
+              'linear', 'mish', tf.nn.silu]:
+    assert P.nonsmooth_activations(
+        seq(layers.Dense(8, activation=act), layers.Activation(act))) == [], act
+
+
+def test_nonsmooth_activations_cannot_see_into_functions():
+  assert P.nonsmooth_activations(lambda y: tf.nn.relu(y[..., 0])) == []
+  assert P.nonsmooth_activations(targets._u1) == []
+  lattice = P.LatticeConvPotential(2, 'xy', (4,))
+  assert P.nonsmooth_activations(lattice) == []

@@ -6,11 +6,18 @@ H_c of ½d(x,·)² stays within 1 − η of the identity on that ball, then h(x,
 has a single critical point there and gradient descent from y = x finds the
 global minimiser.
 
-* On Tⁿ (flat), H_c = I on the injectivity ball (radius π): η = 1, λ < π.
-* On Sⁿ, H_c has eigenvalues 1 and t·cot t at distance t (Sec. 4.3): η =
-  λ cot λ, which needs λ < π/2.
-* On products the factors' H_c are blocks, so the sphere criterion applies
-  whenever a sphere factor is present, else the torus one.
+The manifold supplies the constants (`Manifold.sectional_curvature_bound`
+K, `Manifold.injectivity_radius`; `Manifold.lemma4_hessian_bound` is η):
+
+* On Tⁿ (flat, K = 0), H_c = I on the injectivity ball (radius π): η = 1,
+  λ < π.
+* On Sⁿ (K = 1), H_c has eigenvalues 1 and t·cot t at distance t (Sec.
+  4.3): η = λ cot λ, which needs λ < π/2. For curvature <= K the Hessian
+  comparison theorem gives η = λ√K cot(λ√K), λ < π/(2√K).
+* On products and powers the factors' H_c are blocks, so K is the largest
+  factor's and the injectivity radius the smallest: the sphere criterion
+  applies whenever a sphere factor is present (e.g. the O(3) lattice
+  (S²)^N), else the torus one.
 
 With λ taken as 2·max‖grad ψ‖ (the smallest λ Lemma 3 allows), the check is
 max‖Hess ψ‖ < η(λ). Note the paper's Sec. 5.2 compares max‖Hess ψ‖ with
@@ -19,7 +26,6 @@ stated. The maxima are estimated on random points, so the verdict is an
 empirical check, not a certificate.
 """
 
-import math
 from typing import Callable, NamedTuple
 
 import tensorflow as tf
@@ -27,8 +33,6 @@ import tensorflow as tf
 from tfp_ircpm import _autodiff
 from tfp_ircpm import solvers
 from tfp_ircpm.manifolds import base
-from tfp_ircpm.manifolds import product as product_lib
-from tfp_ircpm.manifolds import sphere as sphere_lib
 
 
 class BoundReport(NamedTuple):
@@ -38,9 +42,11 @@ class BoundReport(NamedTuple):
     max_grad: max over the points of ‖grad ψ‖.
     max_hess: max of the operator norm of the Riemannian Hessian of ψ.
     lam: λ = 2·max_grad (Lemma 3).
-    eta: the Hessian bound η(λ) (1 on tori, λ cot λ on spheres).
-    guaranteed: λ inside the injectivity ball and max_hess < eta.
-    curved: whether the sphere criterion was used.
+    eta: the Hessian bound η(λ) (1 on tori, λ cot λ on spheres; 0 when λ is
+      out of range): `Manifold.lemma4_hessian_bound`.
+    guaranteed: λ inside the admissible ball and max_hess < eta.
+    curved: whether the curved criterion was used (the manifold's
+      sectional curvature bound K is positive, or unknown).
     num_points: how many points the maxima are taken over.
   """
   max_grad: float
@@ -61,12 +67,10 @@ class BoundReport(NamedTuple):
             f'{self.eta:.4f} over {self.num_points} points: {status}.')
 
 
-def _has_sphere(manifold: base.Manifold) -> bool:
-  if isinstance(manifold, sphere_lib.Sphere):
-    return True
-  if isinstance(manifold, product_lib.Product):
-    return any(_has_sphere(m) for m in manifold.factors)
-  return False
+def _is_curved(manifold: base.Manifold) -> bool:
+  """Whether Lemma 4 needs the curved criterion (K > 0 or K unknown)."""
+  k = manifold.sectional_curvature_bound
+  return k is None or k > 0.
 
 
 def potential_derivatives(manifold: base.Manifold,
@@ -118,15 +122,11 @@ def check_bounds(manifold: base.Manifold,
     max_h = max(max_h, float(tf.reduce_max(h)))
     done += n
     i += 1
-  curved = _has_sphere(manifold)
+  curved = _is_curved(manifold)
   lam = 2. * max_g
-  if curved:
-    eta = lam / math.tan(lam) if 0. < lam < math.pi / 2 else (
-        1. if lam == 0. else 0.)
-    ok = lam < math.pi / 2 and max_h < eta
-  else:
-    eta = 1.
-    ok = lam < math.pi and max_h < eta
+  eta = manifold.lemma4_hessian_bound(lam)
+  # η > 0 exactly when λ is admissible (below the injectivity radius and,
+  # for K > 0, below π/(2√K)).
+  ok = eta > 0. and max_h < eta
   return BoundReport(max_grad=max_g, max_hess=max_h, lam=lam, eta=float(eta),
                      guaranteed=bool(ok), curved=curved, num_points=done)
-

@@ -38,7 +38,6 @@ from tfp_ircpm import matrix_free
 from tfp_ircpm import solvers
 from tfp_ircpm.bijectors import ircpm as ircpm_lib
 from tfp_ircpm.manifolds import base
-from tfp_ircpm.manifolds import torus as torus_lib
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
@@ -53,12 +52,10 @@ def _has_symmetric_form(manifold: base.Manifold) -> bool:
   """Whether log det J_{f⁻¹} = log det H + log det d exp is available.
 
   It needs `Manifold.log_det_dexp` in closed form (tori, spheres, and their
-  products and powers); see `logdet_surrogate`.
+  products and powers: `Manifold.has_closed_form_log_det_dexp`); see
+  `logdet_surrogate`.
   """
-  if isinstance(manifold, torus_lib.Torus):
-    return True
-  probe = tf.zeros([1, manifold.ambient_dim])
-  return manifold.log_det_dexp(probe, probe) is not None
+  return manifold.has_closed_form_log_det_dexp
 
 
 def choose_estimator(manifold: base.Manifold, estimator: str = 'auto') -> str:
@@ -181,7 +178,7 @@ def logdet_surrogate(manifold: base.Manifold, potential, y: tf.Tensor,
   s = tf.reduce_sum(
       u * hessian_vector_product(manifold, potential, x_rep, y_rep, v), -1)
   s = tf.reduce_mean(tf.reshape(s, [num_probes, -1]), axis=0)
-  if not isinstance(manifold, torus_lib.Torus):
+  if not manifold.is_flat:          # 0 on flat manifolds
     s += manifold.log_det_dexp(x, y)
   return s - tf.stop_gradient(s)
 
@@ -323,10 +320,15 @@ def min_hessian_eigenvalue(manifold: base.Manifold, potential, y: tf.Tensor,
 def min_eigenvalue(manifold: base.Manifold, potential, y: tf.Tensor,
                    iterations: int = 20,
                    shift: float = 3., seed=None) -> tf.Tensor:
-  """λ_min(Hess ψ(y)) on a torus, [N]: `min_hessian_eigenvalue` − 1."""
-  if not isinstance(manifold, torus_lib.Torus):
-    raise ValueError(f'min_eigenvalue needs a flat torus (J = I + Hess psi); '
-                     f'got {manifold!r}. Use min_hessian_eigenvalue.')
+  """λ_min(Hess ψ(y)) on a flat manifold, [N]: `min_hessian_eigenvalue` − 1.
+
+  Flat (`Manifold.is_flat`): tori and their products and powers, where
+  J_{f⁻¹} = I + Hess ψ.
+  """
+  if not manifold.is_flat:
+    raise ValueError(f'min_eigenvalue needs a flat manifold such as a torus '
+                     f'(J = I + Hess psi); got {manifold!r}. Use '
+                     f'min_hessian_eigenvalue.')
   return min_hessian_eigenvalue(manifold, potential, y, iterations,
                                 shift + 1., seed) - 1.
 

@@ -4,10 +4,20 @@ A potential is any callable mapping points [..., ambient_dim] to values [...].
 `MLP` is the paper's parametrisation (Sec. 5): a softplus MLP on smooth
 features of the point, with its output divided by a constant (1/20 in the
 paper) so that ‖grad ψ‖ and ‖Hess ψ‖ start small, as Lemmas 3-4 require.
+
+ψ must be C² (twice continuously differentiable), and log-det gradients
+differentiate it three times: the c-transform solve uses Hess ψ, Lemma 4
+bounds it, and the log-det of Eq. 4 is built from it. A ReLU-type network
+has a piecewise-constant (or, for ELU, discontinuous) Hessian, so Newton
+solves miss their tolerance and round trips lose accuracy without any
+error being raised. `nonsmooth_activations` reports the known non-C²
+activations a potential uses; `MLP` warns about its own.
 """
 
+import functools
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -42,6 +52,9 @@ class MLP(tf.Module):
   (cos θ, sin θ) on T^n (so ψ is smooth and 2π-periodic), concatenations on
   products.
 
+  ψ must be C² (see the module docstring): keep the activation smooth. A
+  known non-smooth one (ReLU and relatives) raises a `UserWarning`.
+
   Weights are drawn with standard deviation 1/√fan_in. Glorot on a 3-wide
   unit-norm input leaves the pre-activations tiny, the softplus nearly linear
   on the sphere, and training crawls.
@@ -51,7 +64,10 @@ class MLP(tf.Module):
     hidden_units: widths of the hidden layers (paper: (32, 32) on T², (128,
       128) on S²).
     output_scale: the constant the output is multiplied by (paper: 1/20).
-    activation: elementwise non-linearity; must be C² for log-det gradients.
+    activation: elementwise non-linearity; must be C² (ψ must be: the solve
+      uses Hess ψ and log-det gradients its third derivatives). A known
+      non-C² one (relu, leaky_relu, elu, selu, abs, ...; see
+      `nonsmooth_activations`) raises a `UserWarning`.
     dtype: variable dtype (arithmetic follows the input's dtype).
     seed: integer seed for the initialisation.
     certified: multiply ψ by `certified_scale()`, which enforces for every
@@ -81,12 +97,22 @@ class MLP(tf.Module):
     self.manifold = manifold
     self.certified = bool(certified)
     if self.certified:
+      _embedding_constants(manifold)            # raises if unknown
       self._targets = certified_targets(manifold, certified_radius)
       if activation is not softplus:
         raise ValueError('certified=True needs the softplus activation '
                          "(its derivative bounds σ' <= 1, σ'' <= 1/4).")
     self.output_scale = float(output_scale)
     self.activation = activation
+    rough = _nonsmooth_activation_name(activation)
+    if rough is not None:
+      warnings.warn(
+          f'{type(self).__name__} activation {rough!r} is not twice '
+          f'continuously differentiable: the IRCPM needs a C² potential '
+          f'(the solve uses Hess ψ, log-det gradients its third '
+          f'derivatives), and with it solves can miss their tolerance and '
+          f'round trips lose accuracy. Use softplus (the default), tanh or '
+          f'swish.', UserWarning, stacklevel=2)
     self.hidden_units = tuple(int(h) for h in hidden_units)
     self._dtype = tf.as_dtype(dtype)
     sizes = (self._feature_dim(),) + self.hidden_units + (1,)
@@ -111,8 +137,10 @@ class MLP(tf.Module):
     """Upper bounds (G, H) on ‖grad ψ‖ and ‖Hess ψ‖ (Riemannian) over M.
 
     For the network before the certification scale; see `certified_scale`.
+    The manifold's `embed_derivative_bounds` (D, S) enter as ‖Dφ‖ and
+    ‖∇²φ‖; a manifold without them raises ValueError.
     """
-    d_emb, s_emb, curved = _embedding_constants(self.manifold)
+    d_emb, s_emb = _embedding_constants(self.manifold)
     hidden = self.weights[:-1]
     norms = [tf.linalg.svd(w, compute_uv=False)[0] for w in hidden]
     # sens[k] bounds |∂ψ/∂h_k| entrywise (h_0 the features): σ' ∈ (0, 1).
@@ -122,12 +150,16 @@ class MLP(tf.Module):
       sens[k - 1] = tf.linalg.matvec(tf.abs(hidden[k - 1]), sens[k])
     # jac[k] bounds ‖D h_k‖ (spectral norms through the layers).
     jac = [tf.constant(d_emb, self._dtype)]
+    lip = [tf.ones([], self._dtype)]        # ‖∂h_k/∂h_0‖, without Dφ
     for norm in norms:
       jac.append(norm * jac[-1])
-    spectral_grad = (self.output_scale * tf.norm(self.weights[-1])
-                     * jac[-1])
-    grad_bound = tf.minimum(spectral_grad, tf.norm(sens[0]) * d_emb)
-    hess_bound = tf.norm(sens[0]) * s_emb
+      lip.append(norm * lip[-1])
+    # F bounds ‖∇Ψ‖, the gradient with respect to the features h_0.
+    feature_grad = tf.minimum(
+        self.output_scale * tf.norm(self.weights[-1]) * lip[-1],
+        tf.norm(sens[0]))
+    grad_bound = d_emb * feature_grad
+    hess_bound = tf.zeros([], self._dtype)
     for k, w in enumerate(hidden, start=1):
       # W diag(c) Wᵀ is positive semi-definite for c = ¼ a_k >= 0, so its
       # norm is its top eigenvalue (no square root: smooth at c = 0).
@@ -135,51 +167,64 @@ class MLP(tf.Module):
                             transpose_b=True)
       hess_bound += (tf.linalg.eigvalsh(curvature)[-1]
                      * tf.square(jac[k - 1]))
-    if curved:
-      hess_bound = hess_bound + grad_bound
+    if s_emb:
+      hess_bound = hess_bound + s_emb * feature_grad
     return grad_bound, hess_bound
 
   def certified_scale(self) -> tf.Tensor:
     """c in (0, 1]: multiplying ψ by c enforces the bounds of Lemmas 3-4.
 
     Derivation. Write h₀ = φ(x) (the embedding), z_k = h_{k-1} W_k + b_k,
-    h_k = σ(z_k), ψ = s h_{L-1} w_L; σ = softplus has 0 < σ' < 1 and
-    0 < σ'' <= 1/4. Backpropagation gives g_{k-1} = W_k (σ'(z_k) ⊙ g_k) for
-    g_k = ∂ψ/∂h_k, so entrywise |g_k| <= a_k with a_{L-1} = s|w_L| and
-    a_{k-1} = |W_k| a_k. The Hessian of an MLP is a sum of one curvature
+    h_k = σ(z_k), ψ = Ψ(h₀) = s h_{L-1} w_L; σ = softplus has 0 < σ' < 1
+    and 0 < σ'' <= 1/4. Backpropagation gives g_{k-1} = W_k (σ'(z_k) ⊙ g_k)
+    for g_k = ∂ψ/∂h_k, so entrywise |g_k| <= a_k with a_{L-1} = s|w_L| and
+    a_{k-1} = |W_k| a_k, and ‖g_0‖ = ‖∇Ψ‖ <= F = min(s ‖w_L‖ Π_k ‖W_k‖,
+    ‖a_0‖). The Riemannian Hessian of ψ = Ψ ∘ φ is a sum of one curvature
     term per layer plus the embedding's:
-      ∇²ψ = Σ_k J_{k-1}ᵀ W_k diag(σ''(z_k) ⊙ g_k) W_kᵀ J_{k-1}
-            + Σ_i g_{0,i} ∇²φ_i,
-    with J_k = Dh_k, ‖J_k‖ <= j_k = ‖W_k‖ j_{k-1}, j_0 = ‖Dφ‖ = 1 (spectral
-    norms, exact). Since −W diag(c) Wᵀ ⪯ W diag(σ''⊙g) Wᵀ ⪯ W diag(c) Wᵀ
-    for c = ¼ a_k,
-      ‖∇²ψ‖ <= H = Σ_k ‖W_k diag(¼ a_k) W_kᵀ‖ j_{k-1}² + ‖a_0‖ ‖D²φ‖,
-      ‖∇ψ‖  <= G = min(s ‖w_L‖ j_{L-1}, ‖a_0‖),
-    where ‖D²φ‖ = 1 for (cos θ, sin θ) on tori and 0 for the inclusion of
-    spheres. On spheres the Riemannian Hessian P∇²ΨP − (x·∇Ψ)P adds at most
-    G to H. Weighting each unit by its own a_k, rather than ‖W_k‖² max a_k,
-    keeps H within a small factor of the truth.
+      Hess ψ = Σ_k J_{k-1}ᵀ W_k diag(σ''(z_k) ⊙ g_k) W_kᵀ J_{k-1}
+               + Σ_i g_{0,i} ∇²φ_i,
+    with J_k = Dh_k, ‖J_k‖ <= j_k = ‖W_k‖ j_{k-1}, j_0 = ‖Dφ‖ <= D
+    (spectral norms, exact), and ∇²φ the covariant Hessian of the features,
+    |∇²φ(v, v)| <= S |v|² (D, S: `Manifold.embed_derivative_bounds`; (1, 1)
+    on tori, spheres, their products and powers; on spheres the S-term is
+    the curvature term −(x·∇Ψ) of P∇²ΨP − (x·∇Ψ)P). Since −W diag(c) Wᵀ ⪯
+    W diag(σ''⊙g) Wᵀ ⪯ W diag(c) Wᵀ for c = ¼ a_k,
+      ‖Hess ψ‖ <= H = Σ_k ‖W_k diag(¼ a_k) W_kᵀ‖ j_{k-1}² + S F,
+      ‖grad ψ‖ <= G = D F.
+    Weighting each unit by its own a_k, rather than ‖W_k‖² max a_k, keeps H
+    within a small factor of the truth.
 
-    The scale. On tori (Lemma 4 with H_c = I), c = min(1, G*/G, H*/H) with
-    (G*, H*) from `certified_targets`. On spheres the bounds are
-    ‖∇ψ‖ < λ/2 and ‖Hess ψ‖ < λ cot λ for some λ < π/2 (Sec. 4.3). With a
-    fixed `certified_radius` λ that is again c = min(1, G*/G, H*/H). By
-    default λ is not fixed but chosen per parameter value: the smallest
-    admissible λ for cψ is 2cG, and cH < 2cG cot(2cG) holds exactly when
-    tan(2cG) < 2G/H, so
-      c = min(1, 0.98 · atan(2G/H) / (2G)),
-    with λ = 2cG/0.98 <= atan(2) < π/2. A network whose gradient bound is
-    small relative to its Hessian bound then gets a larger λ, and the other
-    way round, instead of a single compromise fixed in advance.
+    The scale. Lemma 4 asks for ‖grad ψ‖ < λ/2 and ‖Hess ψ‖ < η(λ) for
+    some admissible λ (`Manifold.lemma4_hessian_bound`). On flat manifolds
+    (tori; η = 1 for λ < π) c = min(1, G*/G, H*/H) with (G*, H*) from
+    `certified_targets`, and so on curved ones with a fixed
+    `certified_radius` λ. On curved manifolds (curvature <= K, K > 0; K = 1
+    on spheres, where η = λ cot λ, λ < π/2, Sec. 4.3) λ is by default not
+    fixed but chosen per parameter value: the smallest admissible λ for cψ
+    is 2cG, and cH < η(2cG) = 2cG√K cot(2cG√K) holds exactly when
+    tan(2cG√K) < 2G√K/H, so
+      c = min(1, 0.98 · atan(2G√K/H) / (2G√K)),
+    with λ = 2cG/0.98 <= atan(2G√K/H)/√K < π/(2√K) (<= atan(2)/√K here,
+    where H >= S F = G; c is also capped at 0.98 of the injectivity radius
+    where that is smaller than π/(2√K)). A network whose
+    gradient bound is small relative to its Hessian bound then gets a larger
+    λ, and the other way round, instead of a single compromise fixed in
+    advance.
 
     c is a differentiable function of the parameters, so training sees it,
     and the bounds hold for every value of the parameters.
     """
     grad_bound, hess_bound = self.derivative_bounds()
     one = tf.ones([], self._dtype)
-    if self._targets is None:                       # adaptive λ (spheres)
-      return tf.minimum(one, _MARGIN * tf.atan(2. * grad_bound / hess_bound)
-                        / (2. * grad_bound))
+    if self._targets is None:                       # adaptive λ (curved)
+      k = float(self.manifold.sectional_curvature_bound)
+      rk = math.sqrt(k)           # 1 on the unit sphere: Sec. 4.3 as written
+      c = _MARGIN * tf.atan(2. * rk * grad_bound / hess_bound) / (
+          2. * rk * grad_bound)
+      inj = float(self.manifold.injectivity_radius)
+      if inj < math.pi / (2. * math.sqrt(k)):
+        c = tf.minimum(c, _MARGIN * inj / (2. * grad_bound))
+      return tf.minimum(one, c)
     g_target, h_target = self._targets
     return tf.minimum(one, tf.minimum(g_target / grad_bound,
                                       h_target / hess_bound))
@@ -212,21 +257,29 @@ class MLP(tf.Module):
 
 
 def _embedding_constants(manifold: base.Manifold):
-  """(‖Dφ‖, ‖D²φ‖, curved) for the manifold's `embed` φ."""
-  from tfp_ircpm.manifolds import product as product_lib  # pylint: disable=g-import-not-at-top
-  from tfp_ircpm.manifolds import sphere as sphere_lib  # pylint: disable=g-import-not-at-top
-  from tfp_ircpm.manifolds import torus as torus_lib  # pylint: disable=g-import-not-at-top
-  if isinstance(manifold, torus_lib.Torus):
-    return 1., 1., False
-  if isinstance(manifold, sphere_lib.Sphere):
-    return 1., 0., True
-  if isinstance(manifold, product_lib.Product):
-    parts = [_embedding_constants(m) for m in manifold.factors]
-    return 1., max(p[1] for p in parts), any(p[2] for p in parts)
-  raise ValueError(f'No certified bounds for {manifold!r}.')
+  """(‖Dφ‖, ‖∇²φ‖) for the manifold's `embed` φ
+  (`Manifold.embed_derivative_bounds`); ValueError if it has none."""
+  consts = manifold.embed_derivative_bounds
+  if consts is None:
+    raise ValueError(
+        f'No certified bounds for {manifold!r}: it does not provide '
+        f'Manifold.embed_derivative_bounds.')
+  return float(consts[0]), float(consts[1])
 
 
 _MARGIN = 0.98  # keeps the strict inequalities of Lemmas 3-4 strict.
+
+
+def _lemma4_constants(manifold: base.Manifold):
+  """(K, λ_max): curvature bound and the sup of admissible radii; raises if
+  the manifold does not know them."""
+  k = manifold.sectional_curvature_bound
+  lam_max = manifold.max_certified_radius()
+  if k is None or lam_max is None:
+    raise ValueError(
+        f'No certified bounds for {manifold!r}: it does not provide '
+        f'Manifold.sectional_curvature_bound and injectivity_radius.')
+  return float(k), float(lam_max)
 
 
 def certified_targets(manifold: base.Manifold,
@@ -234,25 +287,136 @@ def certified_targets(manifold: base.Manifold,
   """(G*, H*): bounds on ‖grad ψ‖, ‖Hess ψ‖ under which descent from y = x
   finds the unique minimiser of h(x, ·) (Lemmas 3-4), or None.
 
-  With λ = `radius`: on spheres (and products with a sphere factor) G* =
-  0.98 λ/2 and H* = 0.98 λ cot λ (Sec. 4.3; λ < π/2); radius=None there
-  returns None, which tells `MLP.certified_scale` to choose λ per parameter
-  value. On tori G* = 0.98 λ/2 with λ < π (default 0.98π, the injectivity
-  radius) and H* = 0.98 (H_c = I). The 2% margin keeps the inequalities
-  strict.
+  With λ = `radius`, G* = 0.98 λ/2 and H* = 0.98 η(λ), η the manifold's
+  `lemma4_hessian_bound` and λ below its `max_certified_radius`. On curved
+  manifolds (`sectional_curvature_bound` K > 0: spheres, and products and
+  powers with a sphere factor) η(λ) = λ√K cot(λ√K), i.e. λ cot λ with
+  λ < π/2 on the unit sphere (Sec. 4.3); radius=None there returns None,
+  which tells `MLP.certified_scale` to choose λ per parameter value. On
+  flat ones (tori) λ < π (default 0.98π, 0.98 of the injectivity radius)
+  and H* = 0.98 (H_c = I). The 2% margin keeps the inequalities strict.
   """
-  _, _, curved = _embedding_constants(manifold)
-  if curved:
+  k, lam_max = _lemma4_constants(manifold)
+  if k > 0.:
     if radius is None:
       return None
     lam = float(radius)
-    if not 0. < lam < math.pi / 2:
-      raise ValueError('On spheres the certified radius must be in (0, π/2).')
-    return _MARGIN * lam / 2., _MARGIN * lam / math.tan(lam)
-  lam = _MARGIN * math.pi if radius is None else float(radius)
-  if not 0. < lam < math.pi:
-    raise ValueError('On tori the certified radius must be in (0, π).')
-  return _MARGIN * lam / 2., _MARGIN
+    if not 0. < lam < lam_max:
+      raise ValueError(f'On {manifold!r} (curvature <= {k:g}) the certified '
+                       f'radius must be in (0, {lam_max:.6g}) (π/2 on '
+                       f'spheres), got {lam}.')
+    return _MARGIN * lam / 2., _MARGIN * manifold.lemma4_hessian_bound(lam)
+  lam = _MARGIN * lam_max if radius is None else float(radius)
+  if not 0. < lam < lam_max:
+    raise ValueError(f'On {manifold!r} (flat) the certified radius must be '
+                     f'in (0, {lam_max:.6g}) (π on tori), got {lam}.')
+  return _MARGIN * lam / 2., _MARGIN * manifold.lemma4_hessian_bound(lam)
+
+
+# -- Smoothness of potentials -------------------------------------------------
+
+# Activations whose second derivative is discontinuous or undefined (relu-type
+# kinks; elu, selu and softsign are C¹ only), by the names TF and Keras give
+# them. Smooth ones (softplus, tanh, sigmoid, swish/silu, gelu, mish,
+# exponential, linear, softmax) are absent.
+_NONSMOOTH_NAMES = frozenset([
+    'relu', 'relu6', 'leaky_relu', 'crelu', 'crelu_v2', 'elu', 'selu',
+    'prelu', 'thresholded_relu', 'hard_sigmoid', 'hard_silu', 'hard_swish',
+    'hard_tanh', 'softsign', 'abs', 'absolute'])
+_CANONICAL = {'crelu_v2': 'crelu', 'absolute': 'abs'}
+
+
+def _nonsmooth_callables():
+  """{callable: name} for the non-C² activations of TF and tf_keras."""
+  table = {tf.nn.relu: 'relu', tf.nn.relu6: 'relu6',
+           tf.nn.leaky_relu: 'leaky_relu', tf.nn.crelu: 'crelu',
+           tf.nn.elu: 'elu', tf.nn.selu: 'selu', tf.math.abs: 'abs',
+           tf.math.softsign: 'softsign'}
+  try:
+    import tf_keras  # pylint: disable=g-import-not-at-top
+  except ImportError:  # pragma: no cover
+    return table
+  for name in ('relu', 'elu', 'selu', 'hard_sigmoid', 'softsign'):
+    fn = getattr(tf_keras.activations, name, None)
+    if fn is not None:
+      table[fn] = name
+  return table
+
+
+def _nonsmooth_layer_name(obj) -> Optional[str]:
+  """The activation of a tf_keras activation layer (ReLU, ELU, ...), if
+  non-smooth."""
+  try:
+    import tf_keras  # pylint: disable=g-import-not-at-top
+  except ImportError:  # pragma: no cover
+    return None
+  layers = tf_keras.layers
+  for cls, name in ((layers.ReLU, 'relu'), (layers.LeakyReLU, 'leaky_relu'),
+                    (layers.ELU, 'elu'), (layers.PReLU, 'prelu'),
+                    (layers.ThresholdedReLU, 'thresholded_relu')):
+    if isinstance(obj, cls):
+      return name
+  return None
+
+
+def _nonsmooth_activation_name(activation) -> Optional[str]:
+  """The name of `activation` (a callable or Keras name string) if it is a
+  known non-C² activation, else None (smooth, or unknown)."""
+  if activation is None:
+    return None
+  if isinstance(activation, str):
+    name = activation.lower()
+    return _CANONICAL.get(name, name) if name in _NONSMOOTH_NAMES else None
+  while isinstance(activation, functools.partial):   # e.g. leaky_relu(α)
+    activation = activation.func
+  try:
+    name = _nonsmooth_callables().get(activation)
+  except TypeError:                                  # unhashable callable
+    name = None
+  if name is not None:
+    return name
+  name = getattr(activation, '__name__', None)
+  if isinstance(name, str) and name.lower() in _NONSMOOTH_NAMES:
+    return _CANONICAL.get(name.lower(), name.lower())
+  return None
+
+
+def nonsmooth_activations(potential) -> List[str]:
+  """Names of the known non-C² activations a potential uses, e.g. ['relu'].
+
+  The IRCPM needs ψ twice continuously differentiable (module docstring);
+  this is a static inspection, not a proof of smoothness. It looks at the
+  `activation` attribute of the potential and, for `tf.Module`s (which
+  include `tf_keras` layers and models), of every submodule, recursively
+  through nested models, and at `tf_keras` activation layers (ReLU,
+  LeakyReLU, ELU, PReLU, ThresholdedReLU). Reported: relu, relu6,
+  leaky_relu, crelu, elu and selu (C¹ only), prelu, thresholded_relu,
+  hard_sigmoid, hard_silu/hard_swish, softsign (C¹), abs. Not reported:
+  smooth ones (softplus, tanh, sigmoid, swish/silu, gelu, mish,
+  exponential, linear, softmax) and anything it cannot see into: a plain
+  Python function, or a lambda wrapping a ReLU, gives [].
+
+  Args:
+    potential: ψ: a `potentials.MLP`, a `tf_keras` model, any `tf.Module`
+      or callable.
+
+  Returns:
+    The names, each once, in the order first found.
+  """
+  found = []
+  objects = [potential]
+  if isinstance(potential, tf.Module):
+    objects += list(potential.submodules)
+  for obj in objects:
+    try:
+      activation = getattr(obj, 'activation', None)
+    except Exception:  # pylint: disable=broad-except
+      activation = None                  # a property that fails to evaluate
+    for name in (_nonsmooth_layer_name(obj),
+                 _nonsmooth_activation_name(activation)):
+      if name is not None and name not in found:
+        found.append(name)
+  return found
 
 
 class InvariantMLP(MLP):

@@ -4,10 +4,26 @@ Points are represented in an ambient coordinate space of size `ambient_dim`
 (angles for tori, unit vectors for spheres); tangent vectors live in the same
 coordinates. All methods broadcast over leading (batch) axes, work in float32
 and float64, and trace in `tf.function` and XLA.
+
+Besides the geometry, a manifold answers the questions that the bound check
+(`bounds.check_bounds`), the certified potentials (`potentials.MLP`,
+`potentials.certified_targets`) and the log-det estimators (`logdet`) ask,
+so that none of them switches on manifold types:
+
+* `sectional_curvature_bound` K and `injectivity_radius`: the constants of
+  the Lemma 4 criterion (`lemma4_hessian_bound`);
+* `embed_derivative_bounds`: ‖Dφ‖ and ‖∇²φ‖ of the features φ = `embed`,
+  for the certified MLP bounds;
+* `has_closed_form_log_det_dexp` and `is_flat`: which log-det forms apply.
+
+Products and powers compose them from their factors. A manifold that does
+not know a constant returns None (the default), and the code that needs it
+then refuses to certify rather than guess.
 """
 
 import abc
-from typing import List
+import math
+from typing import List, Optional, Tuple
 
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -62,6 +78,113 @@ class Manifold(abc.ABC):
     from tfp_ircpm.manifolds import _series  # pylint: disable=g-import-not-at-top
     return _series.safe_sqrt(self.sq_dist(x, y))
 
+  # -- Constants for the bounds of Lemmas 3-4 and the log-det forms. --------
+
+  @property
+  def sectional_curvature_bound(self) -> Optional[float]:
+    """K: an upper bound on every sectional curvature of M, or None.
+
+    0 on the flat Tⁿ, 1 on the unit Sⁿ, the maximum over the factors on
+    products (a plane mixing two factors has curvature 0). It fixes the
+    Hessian bound η of Lemma 4: by the Hessian comparison theorem, curvature
+    <= K makes the Hessian H_c of ½d(x, ·)² at distance t < min(inj, π/(2√K))
+    have eigenvalue 1 along the geodesic and >= tcg_K(t) = t√K cot(t√K)
+    across it (tcg_0 = 1), so H_c ⪰ tcg_K(λ) I on the ball B_x(λ); see
+    `lemma4_hessian_bound`. With K = 1 this is Sec. 4.3's tcg(t) = t cot t,
+    attained on Sⁿ.
+    """
+    return None
+
+  @property
+  def injectivity_radius(self) -> Optional[float]:
+    """inj(M): exp_x is a diffeomorphism on every open ball of this radius.
+
+    π for Tⁿ = Rⁿ/2πZⁿ and for the unit Sⁿ, the minimum over the factors
+    on products. Lemma 4 needs the radius λ of Lemma 3 below it. None when
+    unknown.
+    """
+    return None
+
+  @property
+  def embed_derivative_bounds(self) -> Optional[Tuple[float, float]]:
+    """(D, S): bounds on the first two derivatives of φ = `embed`, or None.
+
+    φ: M → R^embed_dim. For unit tangent vectors v at any x,
+      |Dφ_x v| <= D   and   |∇²φ_x(v, v)| <= S,
+    with ∇²φ the Riemannian (covariant) Hessian of φ, taken component-wise:
+    (∇²φ)(v, v) = d²/dt² φ(exp_x(tv)) at t = 0. By the chain rule a
+    network Ψ on the features, ψ = Ψ ∘ φ, has
+      Hess ψ(v, v) = D²Ψ(Dφ v, Dφ v) + ∇Ψ · ∇²φ(v, v),
+    so ‖grad ψ‖ <= D ‖∇Ψ‖ and ‖Hess ψ‖ <= D² ‖D²Ψ‖ + S ‖∇Ψ‖: the
+    constants `potentials.MLP.derivative_bounds` uses. (1, 1) on Tⁿ
+    (φ = (cos θ, sin θ): ∇²φ(v, v) = −(v_i² cos θ_i, v_i² sin θ_i)) and on
+    Sⁿ (φ the inclusion: ∇²φ(v, v) = −|v|² x, the second fundamental
+    form); the maximum of each over the factors on products.
+    """
+    return None
+
+  @property
+  def has_closed_form_log_det_dexp(self) -> bool:
+    """Whether `log_det_dexp` returns a tensor (not None).
+
+    The stochastic log-det estimators of `logdet` need it (the symmetric
+    form log det J_{f⁻¹} = log det H + log|det d exp|). True on tori,
+    spheres, and products and powers of manifolds that have it.
+    """
+    return False
+
+  @property
+  def is_flat(self) -> bool:
+    """Whether M is known to be flat (all sectional curvatures 0).
+
+    Then d exp is an isometry (`log_det_dexp` = 0) and the Riemannian
+    Hessian of h(x, ·) is I + Hess ψ, i.e. J_{f⁻¹} itself: true for Tⁿ and
+    products and powers of flat manifolds; False when unknown.
+    """
+    return False
+
+  def lemma4_hessian_bound(self, radius: float) -> float:
+    """η(λ): ‖Hess ψ‖ < η and ‖grad ψ‖ < λ/2 give Lemma 4's conclusion.
+
+    λ = `radius` must be below `injectivity_radius` (so exp_x is a
+    diffeomorphism on the closed ball B_x(λ)), and for K =
+    `sectional_curvature_bound` > 0 below π/(2√K). There
+      η(λ) = tcg_K(λ) = λ√K cot(λ√K)   (K > 0),   η = 1   (K <= 0),
+    a lower bound on the eigenvalues of H_c = Hess ½d(x, ·)² on the ball
+    (see `sectional_curvature_bound`), so H_c + Hess ψ ≻ 0 there: the
+    positive definiteness the proof of Lemma 4 uses. On curvature >= 0 (all
+    products of tori and spheres) also H_c ⪯ I, so η is Sec. 4.3's bound
+    ‖H_c − I‖ <= 1 − η: λ cot λ for the unit sphere (λ < π/2), 1 for the
+    flat torus (λ < π).
+
+    Returns 0. (no λ-ball qualifies, nothing is certified) when λ <= 0, λ
+    is out of range, or a constant is unknown (None); 1. at λ = 0 exactly
+    (ψ constant).
+    """
+    lam = float(radius)
+    k = self.sectional_curvature_bound
+    inj = self.injectivity_radius
+    if lam == 0.:
+      return 1.
+    if k is None or inj is None or not 0. < lam < inj:
+      return 0.
+    if k <= 0.:
+      return 1.
+    t = lam * math.sqrt(k)
+    return t / math.tan(t) if t < math.pi / 2 else 0.
+
+  def max_certified_radius(self) -> Optional[float]:
+    """sup of the λ for which `lemma4_hessian_bound(λ)` > 0, or None.
+
+    min(injectivity_radius, π/(2√K)) for K > 0, the injectivity radius
+    otherwise: π/2 on the unit sphere, π on the torus.
+    """
+    k = self.sectional_curvature_bound
+    inj = self.injectivity_radius
+    if k is None or inj is None:
+      return None
+    return min(inj, math.pi / (2. * math.sqrt(k))) if k > 0. else inj
+
   def log_det_dexp(self, x: tf.Tensor, y: tf.Tensor):
     """log|det d(exp_y)| at v = log_y(x), shape [...], or None if unknown.
 
@@ -69,7 +192,8 @@ class Manifold(abc.ABC):
     frames: it converts the Hessian of h(x, ·) at the c-transform's minimiser
     into the log-det of f⁻¹ there (see `IRCPM`). Zero on flat manifolds,
     (n - 1) log(sin r / r) with r = d(x, y) on Sⁿ (Jacobi fields of constant
-    curvature 1). Manifolds that do not know it return None.
+    curvature 1). Manifolds that do not know it return None (and
+    `has_closed_form_log_det_dexp` False).
     """
     del x, y
     return None

@@ -1,6 +1,6 @@
 """M^k, e.g. (S²)^k for k spins, computed as one batched factor."""
 
-from typing import List
+from typing import List, Optional, Tuple
 
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -60,6 +60,32 @@ class Power(base.Manifold):
   @property
   def volume(self) -> float:
     return self._factor.volume ** self._k
+
+  # The constants of the bounds are those of Product([factor] * k).
+
+  @property
+  def sectional_curvature_bound(self) -> Optional[float]:
+    """The factor's (planes that mix copies are flat)."""
+    return self._factor.sectional_curvature_bound
+
+  @property
+  def injectivity_radius(self) -> Optional[float]:
+    """The factor's."""
+    return self._factor.injectivity_radius
+
+  @property
+  def embed_derivative_bounds(self) -> Optional[Tuple[float, float]]:
+    """The factor's (D, S), as for `Product`: the copies' blocks are
+    orthogonal."""
+    return self._factor.embed_derivative_bounds
+
+  @property
+  def has_closed_form_log_det_dexp(self) -> bool:
+    return self._factor.has_closed_form_log_det_dexp
+
+  @property
+  def is_flat(self) -> bool:
+    return self._factor.is_flat
 
   # [..., k·n] <-> [..., k, n]
   def _split(self, x: tf.Tensor, n: int) -> tf.Tensor:

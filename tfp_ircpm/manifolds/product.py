@@ -1,6 +1,6 @@
 """Products of manifolds, e.g. T^1 × S^2, with events concatenated."""
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -53,6 +53,40 @@ class Product(base.Manifold):
     for m in self._factors:
       v *= m.volume
     return v
+
+  @property
+  def sectional_curvature_bound(self) -> Optional[float]:
+    """The maximum over the factors (planes that mix factors are flat);
+    None if a factor's is unknown."""
+    ks = [m.sectional_curvature_bound for m in self._factors]
+    return None if any(k is None for k in ks) else max(ks)
+
+  @property
+  def injectivity_radius(self) -> Optional[float]:
+    """The minimum over the factors (a product of geodesics is a geodesic,
+    and d² adds up); None if a factor's is unknown."""
+    radii = [m.injectivity_radius for m in self._factors]
+    return None if any(r is None for r in radii) else min(radii)
+
+  @property
+  def embed_derivative_bounds(self) -> Optional[Tuple[float, float]]:
+    """(max D_i, max S_i) over the factors, for the concatenated features.
+
+    Dφ is block diagonal, so |Dφ v|² = Σ|Dφ_i v_i|² <= max D_i² |v|², and
+    |∇²φ(v, v)| <= Σ S_i |v_i|² <= max S_i |v|².
+    """
+    parts = [m.embed_derivative_bounds for m in self._factors]
+    if any(p is None for p in parts):
+      return None
+    return max(p[0] for p in parts), max(p[1] for p in parts)
+
+  @property
+  def has_closed_form_log_det_dexp(self) -> bool:
+    return all(m.has_closed_form_log_det_dexp for m in self._factors)
+
+  @property
+  def is_flat(self) -> bool:
+    return all(m.is_flat for m in self._factors)
 
   def split(self, x: tf.Tensor) -> List[tf.Tensor]:
     return tf.split(x, self._sizes, axis=-1)

@@ -48,6 +48,34 @@ class Sphere(base.Manifold):
     n1 = self._dim + 1
     return 2. * math.pi ** (n1 / 2.) / math.gamma(n1 / 2.)
 
+  @property
+  def sectional_curvature_bound(self) -> float:
+    """1: the unit sphere has constant curvature 1.
+
+    Also for S¹, whose 1-dimensional tangent spaces have no planes (it is
+    intrinsically flat, H_c = I): there the bound is vacuous and the Lemma 4
+    criterion it gives (λ < π/2, η = λ cot λ) is conservative. Use
+    `Torus(1)` for the flat criterion on a circle.
+    """
+    return 1.
+
+  @property
+  def injectivity_radius(self) -> float:
+    """π: the distance to the cut locus (the antipode)."""
+    return math.pi
+
+  @property
+  def embed_derivative_bounds(self):
+    """(1, 1) for the inclusion φ(x) = x: |Dφ v| = |v| and
+    ∇²φ(v, v) = −|v|² x (the second fundamental form), of norm |v|²."""
+    return 1., 1.
+
+  @property
+  def has_closed_form_log_det_dexp(self) -> bool:
+    """True, unless a subclass replaced `log_det_dexp` (which may then return
+    None) without overriding this property too."""
+    return type(self).log_det_dexp is Sphere.log_det_dexp
+
   def expmap(self, x, v):
     """exp_x(v) = cos|v| x + sin|v|/|v| v, analytic in |v|² (no NaN at v = 0)."""
     t2 = tf.reduce_sum(v * v, axis=-1, keepdims=True)

@@ -52,6 +52,32 @@ class Torus(base.Manifold):
   def volume(self) -> float:
     return TWO_PI ** self._dim
 
+  @property
+  def sectional_curvature_bound(self) -> float:
+    """0: the metric is flat."""
+    return 0.
+
+  @property
+  def injectivity_radius(self) -> float:
+    """π: half the shortest closed geodesic (a period 2π along an axis)."""
+    return math.pi
+
+  @property
+  def embed_derivative_bounds(self):
+    """(1, 1) for φ = (cos θ, sin θ): |Dφ v| = |v| and
+    |∇²φ(v, v)| = (Σ v_i⁴)^½ <= |v|²."""
+    return 1., 1.
+
+  @property
+  def has_closed_form_log_det_dexp(self) -> bool:
+    """True, unless a subclass replaced `log_det_dexp` (which may then return
+    None) without overriding this property too."""
+    return type(self).log_det_dexp is Torus.log_det_dexp
+
+  @property
+  def is_flat(self) -> bool:
+    return True
+
   def expmap(self, x, v):
     return self.projx(x + v)
 
