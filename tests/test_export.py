@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -53,10 +54,26 @@ for key, spec in job.items():
            other=other['points'].numpy(),
            log_prob=log_prob(points=points)['log_prob'].numpy(),
            resampled_log_prob=log_prob(points=drawn['points'])['log_prob'].numpy(),
-           fib_log_prob=log_prob(points=fib)['log_prob'].numpy())
+           fib_log_prob=log_prob(points=fib)['log_prob'].numpy(),
+           **{'probe_' + name: log_prob(points=tf.constant(
+               np.array(value, spec['dtype'])))['log_prob'].numpy()
+              for name, value in spec['accepted'].items()})
+  # Requests the signatures must refuse: the message of each refusal (None
+  # if one was answered).
+  requests = [(name, log_prob, dict(points=np.array(value, spec['dtype'])))
+              for name, value in spec['refused'].items()]
+  requests.append(('sample_n', sample, dict(n=np.int32(spec['refused_n']),
+                                            seed=np.int32([1, 2]))))
+  results[key] = {}
+  for name, signature, inputs in requests:
+    try:
+      signature(**{k: tf.constant(v) for k, v in inputs.items()})
+      results[key][name] = None
+    except tf.errors.InvalidArgumentError as e:
+      results[key][name] = e.message
 loaded = sorted(m for m in sys.modules
                 if m.split('.')[0] in ('tfp_ircpm', 'tensorflow_probability'))
-print(json.dumps({'forbidden_modules': loaded}))
+print(json.dumps({'forbidden_modules': loaded, 'errors': results}))
 '''
 
 
@@ -93,6 +110,87 @@ def _saved_ops(path):
   return ops
 
 
+def _saved_functions(path):
+  proto = saved_model_pb2.SavedModel()
+  proto.ParseFromString((pathlib.Path(path) / 'saved_model.pb').read_bytes())
+  return [f.signature.name for graph in proto.meta_graphs
+          for f in graph.graph_def.library.function]
+
+
+def _custom_gradient_coverage(path):
+  """(the saved functions that calling a signature can run, those holding a
+  custom-gradient op whose gradient the SavedModel lacks)."""
+  proto = saved_model_pb2.SavedModel()
+  proto.ParseFromString((pathlib.Path(path) / 'saved_model.pb').read_bytes())
+  graph, = proto.meta_graphs
+  library = {f.signature.name: f for f in graph.graph_def.library.function}
+  gradients = {g.registered_op_type: g.gradient_func
+               for g in graph.graph_def.library.registered_gradients}
+
+  def callees(nodes):
+    for node in nodes:
+      if node.op in library:
+        yield node.op
+      for attr in node.attr.values():  # While/If bodies, PartitionedCall's f
+        if attr.WhichOneof('value') == 'func':
+          yield attr.func.name
+        elif attr.WhichOneof('value') == 'list':
+          yield from (f.name for f in attr.list.func)
+
+  # From the signatures (top-level graph) and the saved object's functions,
+  # following calls but not the gradient registrations.
+  todo = list(callees(graph.graph_def.node)) + [
+      f for f in graph.object_graph_def.concrete_functions
+      if f not in set(gradients.values())]
+  reachable = set()
+  while todo:
+    name = todo.pop()
+    if name in library and name not in reachable:
+      reachable.add(name)
+      todo.extend(callees(library[name].node_def))
+  unsaved = {name for name, f in library.items()
+             if any(n.attr['_gradient_op_type'].s
+                    and n.attr['_gradient_op_type'].s.decode() not in gradients
+                    for n in f.node_def)}
+  return reachable, unsaved
+
+
+def _probes(dtype):
+  """(accepted, refused) log_prob requests on S²: name → points.
+
+  `validate_args=True` accepts | |x| - 1 | <= 1e-4 in float32 and 1e-8 in
+  float64 (`Sphere.membership_assertions`); the test checks the served
+  model against the bijector itself, these offsets only bracket the bound.
+  """
+  inside, outside = (5e-5, 2e-4) if dtype == tf.float32 else (5e-9, 2e-8)
+  u = np.array([0., .6, .8])
+  accepted = {'inside_above': [(u * (1. + inside)).tolist()],
+              'inside_below': [[0., 0., 1. - inside], [1., 0., 0.]]}
+  refused = {
+      # Shape: the last axis, and the rank the declared [N, 3] would hide.
+      'event_size': [[0., 0., 1., 0.]], 'rank_1': [0., 0., 1.],
+      'rank_3': [[[0., 0., 1.]]], 'scalar': 1.,
+      'nan': [[float('nan'), 0., 1.]], 'inf': [[0., float('inf'), 0.]],
+      'far': [[0., 0., 2.]], 'off_1e-3': [[0., 0., 1.001]],
+      'just_outside': [(u * (1. + outside)).tolist()], 'zero': [[0., 0., 0.]],
+      'one_bad_in_batch': [[0., 0., 1.], [0., 0., 2.], [1., 0., 0.]]}
+  return accepted, refused
+
+
+# What each refusal must say.
+REFUSAL_MESSAGES = {
+    'event_size': r'log_prob: points must have event size 3 on the last '
+                  r'axis \(shape \[N, 3\]\); got shape\] \[1 4\]',
+    'rank_1': r'log_prob: points must have rank 2 .*got shape\] \[3\]',
+    'rank_3': r'log_prob: points must have rank 2 .*got shape\] \[1 1 3\]',
+    'scalar': r'log_prob: points must have rank 2 .*got shape\] \[\]',
+    'nan': r'log_prob: points contain NaN or Inf.*NaN',
+    'inf': r'log_prob: points contain NaN or Inf.*Inf',
+    'sample_n': r'sample: n must be >= 0; got\] \[-1\]',
+    **{name: r'Sphere\(2\): points are off the sphere'
+       for name in ('far', 'off_1e-3', 'just_outside', 'zero',
+                    'one_bad_in_batch')}}
+
 CASES = {'mlp_f32': (_mlp_flow, tf.float32),
          'keras_f64': (_keras_flow, tf.float64)}
 
@@ -121,8 +219,12 @@ def exported(request, tmp_path_factory):
     drawn = module.sample(tf.constant(n), tf.constant(seed))
     eager_points, eager_log_prob = q.experimental_sample_and_log_prob(
         n, seed=tf.constant(seed))
+    accepted, refused = _probes(dtype)
     local[key] = dict(
-        q=q, path=path,
+        q=q, path=path, module=module, refused=refused,
+        **{'probe_' + name: module.log_prob(tf.constant(
+            np.array(value, dtype.as_numpy_dtype)))['log_prob'].numpy()
+           for name, value in accepted.items()},
         points=drawn['points'].numpy(),
         sample_log_prob=drawn['log_prob'].numpy(),
         eager_points=eager_points.numpy(),
@@ -131,7 +233,9 @@ def exported(request, tmp_path_factory):
         eager_data_log_prob=q.log_prob(points).numpy())
     job[key] = dict(path=path, n=n, seed=seed, out=str(root / f'{key}.npz'),
                     points=str(root / f'{key}_points.npy'),
-                    fib=str(root / f'{key}_fib.npy'))
+                    fib=str(root / f'{key}_fib.npy'),
+                    dtype=dtype.name, accepted=accepted, refused=refused,
+                    refused_n=-1)
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   env.pop('PYTHONPATH', None)
   proc = subprocess.run([sys.executable, '-c', LOADER, json.dumps(job)],
@@ -139,6 +243,7 @@ def exported(request, tmp_path_factory):
                         cwd=str(root))
   assert proc.returncode == 0, proc.stderr[-4000:]
   report = json.loads(proc.stdout.strip().splitlines()[-1])
+  report['stderr'] = proc.stderr
   key, = job
   return key, local[key], dict(np.load(job[key]['out'])), report
 
@@ -192,6 +297,102 @@ def test_saved_graph_holds_the_solver_loop(exported):
   ops = _saved_ops(ours['path'])
   assert ops & {'While', 'StatelessWhile'}
   assert not ops & export.PYTHON_OPS
+
+
+def test_reloaded_signatures_refuse_bad_input_naming_the_problem(exported):
+  """In a process without TFP: wrong shapes, NaN/Inf, off-sphere points and
+  n < 0 raise InvalidArgumentError with a message that says what is wrong
+  (not a MatMul shape error, a NaN or the on-sphere value)."""
+  _, _, _, report = exported
+  errors, = report['errors'].values()
+  assert set(errors) == set(REFUSAL_MESSAGES)
+  for name, pattern in REFUSAL_MESSAGES.items():
+    assert errors[name] is not None, f'{name} was answered'
+    assert re.search(pattern, errors[name], re.S), (name, errors[name])
+
+
+def test_served_tolerance_is_validate_args_tolerance(exported):
+  """A point is refused by the server iff the flow's bijector with
+  validate_args=True refuses it; accepted points near the bound get the
+  in-process values."""
+  _, ours, theirs, report = exported
+  errors, = report['errors'].values()
+  _, layers = ircpm.logdet.flow_layers(ours['q'])
+  assert isinstance(ours['module'].manifold, ircpm.manifolds.Sphere)
+  strict = ircpm.IRCPM(layers[-1].manifold, layers[-1].potential,
+                       validate_args=True)
+  dtype = ours['q'].dtype.as_numpy_dtype
+
+  def strict_refuses(points):
+    try:
+      strict.inverse(tf.constant(np.array(points, dtype)))
+    except tf.errors.InvalidArgumentError:
+      return True
+    return False
+
+  for name in ('far', 'off_1e-3', 'just_outside', 'zero', 'one_bad_in_batch'):
+    assert strict_refuses(ours['refused'][name]), name
+    assert errors[name] is not None, name
+  accepted, _ = _probes(ours['q'].dtype)
+  for name, points in accepted.items():
+    assert not strict_refuses(points), name
+    np.testing.assert_array_equal(theirs['probe_' + name],
+                                  ours['probe_' + name])
+    assert np.all(np.isfinite(theirs['probe_' + name]))
+
+
+# Loading logs absl warnings "Importing a function (...) with ops with
+# unsaved custom gradients": tf.saved_model.save stores the gradient of each
+# custom-gradient op in the saved functions, but not the gradients of the
+# custom-gradient ops inside those gradient functions (ψ's
+# `potentials.softplus` inside the gradient of the lazy IFT point). Why that
+# is harmless, and why it stays, is explained in tfp_ircpm/export.py. The
+# test pins it: exactly one warning per saved function holding such an op,
+# none of them reachable from the signatures, and each signature's graph
+# saved once (a retrace at save time stored both graphs, and logged every
+# warning, twice). The count is pinned too: 1 for `mlp_f32` (the lazy IFT
+# point's gradient), none for the tf_keras ψ of `keras_f64`.
+LOAD_WARNINGS = {'mlp_f32': 1, 'keras_f64': 0}
+
+
+def test_loading_warns_only_about_functions_serving_never_runs(exported):
+  key, ours, _, report = exported
+  warned = re.findall(r'Importing a function \((\S+)\) with ops with '
+                      r'unsaved custom gradients', report['stderr'])
+  reachable, unsaved = _custom_gradient_coverage(ours['path'])
+  assert sorted(warned) == sorted(unsaved)
+  assert len(warned) == LOAD_WARNINGS[key], (
+      f'{warned}: see the comment on these warnings in tfp_ircpm/export.py; '
+      'update it and LOAD_WARNINGS if they are still harmless')
+  assert not unsaved & reachable
+  assert any(f.startswith('__inference_sample_') for f in reachable)
+  for name in ('sample', 'log_prob'):
+    assert len([f for f in _saved_functions(ours['path'])
+                if f.startswith(f'__inference_{name}_')]) == 1, name
+
+
+def test_flow_without_ircpm_layers_checks_shape_and_finiteness():
+  """A bare base distribution: rank, event size and NaN are still checked,
+  membership only with `manifold=`."""
+  sphere = ircpm.manifolds.Sphere(2)
+  base = sphere.uniform(tf.float32)
+  module = export.FlowModule(base)
+  assert module.manifold is None
+  log_prob = lambda x: module.log_prob(tf.constant(x, tf.float32))['log_prob']
+  np.testing.assert_allclose(log_prob([[0., 0., 2.]]), [-np.log(4. * np.pi)],
+                             rtol=1e-6)
+  for points, message in (([[0., 0., 1., 0.]], 'event size 3'),
+                          ([0., 0., 1.], 'rank 2'),
+                          ([[np.nan, 0., 1.]], 'NaN or Inf')):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+      log_prob(points)
+  module = export.FlowModule(base, manifold=sphere)
+  with pytest.raises(tf.errors.InvalidArgumentError, match='off the sphere'):
+    module.log_prob(tf.constant([[0., 0., 2.]]))
+  with pytest.raises(export.ExportError, match='event shape'):
+    export.FlowModule(base, manifold=ircpm.manifolds.Torus(2))
+  with pytest.raises(tf.errors.InvalidArgumentError, match='n must be >= 0'):
+    module.sample(tf.constant(-1), tf.constant([1, 2]))
 
 
 def _py_function_psi(y):
