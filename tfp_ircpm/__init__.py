@@ -6,6 +6,7 @@ Rezende & Racanière (2021), arXiv 2110.01288.
 from tfp_ircpm import bijectors
 from tfp_ircpm import bounds
 from tfp_ircpm import data
+from tfp_ircpm import diagnostics
 from tfp_ircpm import distribute
 from tfp_ircpm import distributions
 from tfp_ircpm import export
@@ -22,6 +23,7 @@ from tfp_ircpm.bijectors import IRCPM
 
 __version__ = '0.1.0'
 
-__all__ = ['IRCPM', 'bijectors', 'bounds', 'data', 'distribute', 'distributions',
+__all__ = ['IRCPM', 'bijectors', 'bounds', 'data', 'diagnostics', 'distribute',
+           'distributions',
            'export', 'keras', 'logdet', 'manifolds', 'matrix_free', 'mcmc',
            'potentials', 'solvers', 'targets', 'training']

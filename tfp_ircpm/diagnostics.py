@@ -10,9 +10,12 @@ single IRCPMs on S².
 
 `check_diffeomorphism` estimates min det J_{f⁻¹} on dense uniform points
 (and optional given points), measures the worst round trip
-inverse(forward(x)) with solver convergence, and runs the bound check of
-Lemmas 3-4 (sufficient, not necessary). Sampled points give evidence, not
-a proof: a fold narrower than the sampling spacing can be missed.
+inverse(forward(x)) with solver convergence, checks that every solve found
+the minimiser of h(x, ·) rather than another critical point (the
+global-minimum test of `solvers.suboptimal_points`), and runs the bound
+check of Lemmas 3-4 (sufficient, not necessary). Sampled points give
+evidence, not a proof: a fold narrower than the sampling spacing can be
+missed.
 """
 
 from typing import List, NamedTuple, Optional
@@ -35,8 +38,11 @@ class DiffeomorphismReport(NamedTuple):
     max_roundtrip_error: max d(x, f⁻¹(f(x))) over uniform points x.
     all_converged: every forward solve met its tolerance.
     bounds: `bounds.BoundReport` per link, or None if not requested.
-    passed: determinants positive, solves converged, round trips within
-      `roundtrip_tolerance`.
+    passed: determinants positive, solves converged to global minimisers,
+      round trips within `roundtrip_tolerance`.
+    all_global: no solve stopped at a critical point of h(x, ·) that a
+      candidate point shows is not its minimiser (then f⁻¹ takes a value
+      twice: the map is not a bijection, even where det > 0).
   """
   min_det_uniform: float
   min_det_points: Optional[float]
@@ -44,6 +50,7 @@ class DiffeomorphismReport(NamedTuple):
   all_converged: bool
   bounds: Optional[List[bounds.BoundReport]]
   passed: bool
+  all_global: bool = True
 
   def summary(self) -> str:
     status = 'PASSED' if self.passed else 'FAILED'
@@ -52,7 +59,7 @@ class DiffeomorphismReport(NamedTuple):
     return (f'diffeomorphism check {status}: min det J_f⁻¹ uniform '
             f'{self.min_det_uniform:.3g}{points}; worst round trip '
             f'{self.max_roundtrip_error:.2e}; solves converged: '
-            f'{self.all_converged}')
+            f'{self.all_converged}; global minimisers: {self.all_global}')
 
 
 def _links(bijector) -> List[ircpm_lib.IRCPM]:
@@ -74,7 +81,7 @@ def _links(bijector) -> List[ircpm_lib.IRCPM]:
 def check_diffeomorphism(bijector,
                          num_points: int = 100000,
                          points: Optional[tf.Tensor] = None,
-                         dtype=tf.float32,
+                         dtype=None,
                          roundtrip_tolerance: Optional[float] = None,
                          bound_points: int = 0,
                          batch_size: int = 20000,
@@ -87,7 +94,8 @@ def check_diffeomorphism(bijector,
     num_points: uniform points for the determinant and round-trip checks.
     points: optional extra points [..., ambient_dim] (e.g. data or samples)
       at which det J_{f⁻¹} is also checked.
-    dtype: computation dtype.
+    dtype: computation dtype; default the bijector's (float32 if it has
+      none).
     roundtrip_tolerance: max allowed d(x, f⁻¹(f(x))); default 1e-4 (float32)
       or 1e-8 (float64).
     bound_points: if > 0, also run `bounds.check_bounds` on that many points.
@@ -95,8 +103,11 @@ def check_diffeomorphism(bijector,
     seed: sampling seed.
   """
   links = _links(bijector)
+  if dtype is None:
+    dtype = next((l.dtype for l in links if l.dtype is not None), tf.float32)
   tol = roundtrip_tolerance or (1e-4 if dtype == tf.float32 else 1e-8)
   min_det, min_det_pts, worst_rt, converged = float('inf'), None, 0., True
+  global_minima = True
   reports = [] if bound_points else None
   for k, link in enumerate(links):
     m = link.manifold
@@ -108,6 +119,7 @@ def check_diffeomorphism(bijector,
           link.inverse_jacobian_determinant(x))))
       res = link.solve(x)
       converged &= bool(tf.reduce_all(res.converged))
+      global_minima &= not bool(tf.reduce_any(res.suboptimal))
       back = link.inverse(tf.identity(res.point))
       worst_rt = max(worst_rt, float(tf.reduce_max(m.dist(x, back))))
       done += n
@@ -121,8 +133,8 @@ def check_diffeomorphism(bijector,
                                          num_points=bound_points, dtype=dtype,
                                          seed=seed))
   passed = (min_det > 0. and (min_det_pts is None or min_det_pts > 0.)
-            and converged and worst_rt <= tol)
+            and converged and global_minima and worst_rt <= tol)
   return DiffeomorphismReport(
       min_det_uniform=min_det, min_det_points=min_det_pts,
       max_roundtrip_error=worst_rt, all_converged=converged, bounds=reports,
-      passed=bool(passed))
+      passed=bool(passed), all_global=global_minima)

@@ -148,9 +148,9 @@ class IRCPM(tfb.Bijector):
     if int(global_check_points) < 0:
       raise ValueError('global_check_points must be >= 0.')
     _build_keras_potential(potential, manifold)
-    nonsmooth = getattr(potentials, 'nonsmooth_activations',
-                        lambda _: [])(potential)
-    if nonsmooth:
+    nonsmooth = potentials.nonsmooth_activations(potential)
+    # potentials.MLP has warned about its own activation already.
+    if nonsmooth and not isinstance(potential, potentials.MLP):
       warnings.warn(
           f'{name}: the potential uses non-smooth activations '
           f'({", ".join(nonsmooth)}). ψ must be C²: the solve uses Hess ψ '
