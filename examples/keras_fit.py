@@ -29,7 +29,6 @@ from tfp_ircpm import targets as targets_lib
 from tfp_ircpm import training
 
 tfd = tfp.distributions
-tfb = tfp.bijectors
 
 flags.DEFINE_integer('epochs', 10, 'Keras epochs.')
 flags.DEFINE_integer('steps_per_epoch', 100, 'Reverse-KL steps per epoch.')
@@ -74,7 +73,7 @@ def main(_):
                              output_scale=1 / 20, seed=FLAGS.seed)
   bij = ircpm.IRCPM(sphere, psi)
   q = tfd.TransformedDistribution(sphere.uniform(),
-                                  tfb.Chain([bij] * FLAGS.stack))
+                                  ircpm.bijectors.Chain([bij] * FLAGS.stack))
   model = ircpm_keras.FlowModel(q, target, batch_size=FLAGS.batch_size,
                                 seed=FLAGS.seed)
   steps = FLAGS.epochs * FLAGS.steps_per_epoch

@@ -200,7 +200,7 @@ class Flow:
     self.bijectors = [ircpm.IRCPM(m, p, tolerance=FLAGS.tolerance)
                       for p in self.psis]
     self.q = tfd.TransformedDistribution(
-        base, tfb.Chain(list(reversed(self.bijectors))))
+        base, ircpm.bijectors.Chain(list(reversed(self.bijectors))))
     self.base = base
     self.data = None     # heat-bath points for the forward-KL term
     self.trainable_variables = base_variables + [

@@ -27,7 +27,6 @@ from tfp_ircpm import targets
 from tfp_ircpm import training
 
 tfd = tfp.distributions
-tfb = tfp.bijectors
 
 flags.DEFINE_integer('steps', 300, 'Adam steps.')
 flags.DEFINE_integer('batch_size', 256, 'Samples per step.')
@@ -52,7 +51,7 @@ def main(_):
   psi = ircpm.potentials.MLP(sphere, hidden_units=(32, 32),
                              output_scale=1 / 20, seed=FLAGS.seed)
   bij = ircpm.IRCPM(sphere, psi)
-  q = tfd.TransformedDistribution(sphere.uniform(), tfb.Chain([bij, bij, bij]))
+  q = tfd.TransformedDistribution(sphere.uniform(), ircpm.bijectors.Chain([bij, bij, bij]))
   mixture = vmf_mixture()
   # As a Target (energy -log p), so training.evaluate can use it; its
   # quadrature log-normaliser is ~0 since the mixture is normalised.

@@ -26,7 +26,6 @@ from tfp_ircpm import targets as targets_lib
 from tfp_ircpm import training
 
 tfd = tfp.distributions
-tfb = tfp.bijectors
 
 flags.DEFINE_integer('steps', 6000, 'Adam steps.')
 flags.DEFINE_integer('batch_size', 256, 'Samples per step.')
@@ -90,7 +89,7 @@ def main(_):
   bijectors = [ircpm.IRCPM(sphere, psi) for psi in psis]
   if FLAGS.share:
     bijectors = bijectors * FLAGS.stack
-  q = tfd.TransformedDistribution(sphere.uniform(), tfb.Chain(bijectors))
+  q = tfd.TransformedDistribution(sphere.uniform(), ircpm.bijectors.Chain(bijectors))
   num_parameters = sum(psi.num_parameters for psi in psis)
   print(f'{num_parameters} parameters; log Z = {target.log_normalizer:.6f}')
   fit = training.fit_and_evaluate(

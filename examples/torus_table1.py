@@ -29,7 +29,6 @@ from tfp_ircpm import targets as targets_lib
 from tfp_ircpm import training
 
 tfd = tfp.distributions
-tfb = tfp.bijectors
 
 ALL_ROWS = ('u1:mlp,u1:sym,u1:alpha,u1:alpha_m,u2:mlp,u2:alpha,u2:alpha_m,'
             'u3:mlp,u3:alpha,u3:alpha_m')
@@ -101,7 +100,7 @@ def run_row(row: str):
   psi = make_potential(kind, target)
   bij = ircpm.IRCPM(target.manifold, psi)
   q = tfd.TransformedDistribution(target.manifold.uniform(),
-                                  tfb.Chain([bij] * FLAGS.stack))
+                                  ircpm.bijectors.Chain([bij] * FLAGS.stack))
   print(f'== {row}: {NAMES[kind]}, {psi.num_parameters} parameters', flush=True)
   fit = training.fit_and_evaluate(
       q, target, FLAGS.steps, batch_size=FLAGS.batch_size,

@@ -112,6 +112,36 @@ def test_training_losses_follow_the_fold_policy(capfd):
       assert 'the map folds' in err and 'not its minimiser' in err
 
 
+def test_jit_turns_folds_into_nan(fibonacci):
+  """XLA can neither print nor raise: 'warn' and validate_args act as 'nan'."""
+  y = tf.constant(fibonacci.numpy()[::10])
+  eager = tfd.TransformedDistribution(
+      SPHERE.uniform(tf.float64), _folded(SPHERE, 40., fold='nan'))
+  flagged = np.isnan(eager.log_prob(y).numpy())
+  assert flagged.any() and not flagged.all()
+  for kwargs in [{}, {'validate_args': True}]:
+    q = tfd.TransformedDistribution(SPHERE.uniform(tf.float64),
+                                    _folded(SPHERE, 40., **kwargs))
+    lp = tf.function(q.log_prob, jit_compile=True)(y).numpy()
+    np.testing.assert_array_equal(np.isnan(lp), flagged)
+
+
+@pytest.mark.parametrize('n', [3, 5, 12])
+def test_determinant_signs_under_xla(n):
+  """The fold test needs sign det J under XLA, which has no LU on CPU."""
+  rng = np.random.default_rng(n)
+  m = rng.normal(size=(300, n, n))
+  m[:100] *= np.sign(np.linalg.det(m[:100]))[:, None, None] ** (n % 2)
+  sign, logabs = tf.function(ircpm._linalg.slogdet, jit_compile=True)(  # pylint: disable=protected-access
+      tf.constant(m))
+  np.testing.assert_array_equal(sign.numpy(), np.sign(np.linalg.det(m)))
+  np.testing.assert_allclose(logabs.numpy(), np.log(np.abs(np.linalg.det(m))),
+                             rtol=1e-9)
+  sign32, _ = tf.function(ircpm._linalg.slogdet, jit_compile=True)(  # pylint: disable=protected-access
+      tf.constant(m, tf.float32))
+  np.testing.assert_array_equal(sign32.numpy(), np.sign(np.linalg.det(m)))
+
+
 # -- the solve stops at a non-global minimiser --------------------------------
 
 
@@ -375,3 +405,18 @@ def test_check_diffeomorphism_fails_on_non_global_minimisers():
       ircpm.IRCPM(TORUS, psi, fold='ignore'), num_points=2000)
   assert not report.passed
   assert not report.all_global
+
+
+def test_keras_diffeomorphism_check_stops_a_folded_model():
+  from tfp_ircpm import keras as ircpm_keras  # pylint: disable=g-import-not-at-top
+  points = SPHERE.uniform().sample(64, seed=(3, 3))
+  psi = ircpm.potentials.MLP(SPHERE, (8,), output_scale=40., seed=0)
+  q = tfd.TransformedDistribution(
+      SPHERE.uniform(), ircpm.IRCPM(SPHERE, psi, fold='ignore'))
+  model = ircpm_keras.FlowModel(q)
+  model.compile(optimizer=tf_keras.optimizers.Adam(1e-4))
+  check = ircpm_keras.DiffeomorphismCheck(num_points=4000)
+  history = model.fit(points, batch_size=64, epochs=3, verbose=0,
+                      callbacks=[check])
+  assert len(history.history['loss']) == 1
+  assert len(check.reports) == 1 and not check.reports[0][1].passed

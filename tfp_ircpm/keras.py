@@ -265,3 +265,59 @@ def _check_tf_format(filepath, save_format, method: str):
         'live in the distribution, not in a layer, so it would hold none of '
         'them. Use a TensorFlow checkpoint path (no .h5/.hdf5/.keras '
         'suffix), e.g. \'ckpt/weights\'.')
+
+
+class DiffeomorphismCheck(tf_keras.callbacks.Callback):
+  """Runs `diagnostics.check_diffeomorphism` on the model's flow.
+
+  The fold policy of every `IRCPM` flags evidence at the points a step
+  evaluates; this callback tests the whole manifold on dense uniform points
+  every `every` epochs (and at the end of training), so a model that stops
+  being a bijection is caught even where no sample or data point lands.
+
+  Args:
+    every: epochs between checks.
+    num_points: uniform points per check.
+    on_failure: 'stop' (set `model.stop_training`) or 'warn'.
+
+  Attributes:
+    reports: (epoch, DiffeomorphismReport) for every check run.
+  """
+
+  def __init__(self, every: int = 1, num_points: int = 20000,
+               on_failure: str = 'stop'):
+    super().__init__()
+    if on_failure not in ('stop', 'warn'):
+      raise ValueError("on_failure must be 'stop' or 'warn'.")
+    self.every = int(every)
+    self.num_points = int(num_points)
+    self.on_failure = on_failure
+    self.reports = []
+    self._epoch = None
+
+  def _check(self, epoch: int) -> None:
+    # Imported here: diagnostics imports the bijectors, which keras.py
+    # does not otherwise need.
+    from tfp_ircpm import diagnostics  # pylint: disable=g-import-not-at-top
+    bijector = getattr(self.model.distribution, 'bijector', None)
+    if bijector is None:
+      return                                  # a bare base cannot fold
+    report = diagnostics.check_diffeomorphism(
+        bijector, num_points=self.num_points, seed=epoch)
+    self.reports.append((epoch, report))
+    if not report.passed:
+      print(f'WARNING: epoch {epoch}: {report.summary()}', flush=True)
+      if self.on_failure == 'stop':
+        self.model.stop_training = True
+
+  def on_epoch_end(self, epoch, logs=None):
+    del logs
+    self._epoch = epoch
+    if (epoch + 1) % self.every == 0:
+      self._check(epoch)
+
+  def on_train_end(self, logs=None):
+    del logs
+    if self._epoch is not None and (not self.reports
+                                    or self.reports[-1][0] != self._epoch):
+      self._check(self._epoch)

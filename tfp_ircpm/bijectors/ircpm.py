@@ -385,9 +385,9 @@ class IRCPM(tfb.Bijector):
     missed = ~result.converged & finite
     y = self._apply_policy(
         y, missed, self._nonconvergence,
-        [f'{self.name}: the c-transform solve did not reach its tolerance '
-         'at', _count(missed), 'points (psi may violate the bounds of '
-         'Lemmas 3-4, or max_iterations is too small). Worst residual:',
+        [f'{self.name}: the c-transform solve missed its tolerance at',
+         _count(missed), 'points (psi may violate the bounds of Lemmas '
+         '3-4, or max_iterations is too small). Worst residual:',
          tf.reduce_max(tf.where(missed, result.residual,
                                 tf.zeros_like(result.residual)))])
     wrong = result.suboptimal & result.converged
