@@ -21,7 +21,12 @@ from tfp_ircpm import targets
 from tfp_ircpm import training
 from tfp_ircpm.bijectors import IRCPM
 
-__version__ = '0.1.0'
+import importlib.metadata as _metadata  # pylint: disable=g-import-not-at-top
+try:
+  __version__ = _metadata.version('tfp_ircpm')  # from pyproject.toml
+except _metadata.PackageNotFoundError:  # a source tree that is not installed
+  __version__ = '0+unknown'
+del _metadata
 
 __all__ = ['IRCPM', 'bijectors', 'bounds', 'data', 'diagnostics', 'distribute',
            'distributions',
