@@ -29,7 +29,6 @@ by assigning ψ's variables (the output scale is folded into the last layer),
 so the run costs two solve traces per manifold.
 """
 
-import json
 import os
 import platform
 
@@ -40,6 +39,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import common
 import tfp_ircpm as ircpm
 
 M = ircpm.manifolds
@@ -209,11 +209,10 @@ def main(_):
       round_trip_f32_max=max(s['round_trip_f32_max'] for s in summary),
       eps32=EPS32)
   print('overall worst:', ', '.join(f'{k} {v:.2e}' for k, v in overall.items()))
-  with open(FLAGS.output, 'w') as f:
-    json.dump(dict(machine=platform.platform(), cpus=os.cpu_count(),
-                   tensorflow=tf.__version__, hidden=list(HIDDEN),
-                   points=n, seeds=FLAGS.seeds, overall=overall,
-                   summary=summary, rows=rows), f, indent=2)
+  common.write_json(dict(machine=platform.platform(), cpus=os.cpu_count(),
+                         tensorflow=tf.__version__, hidden=list(HIDDEN),
+                         points=n, seeds=FLAGS.seeds, overall=overall,
+                         summary=summary, rows=rows), FLAGS.output)
   print(f'wrote {FLAGS.output}')
 
 

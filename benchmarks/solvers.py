@@ -9,11 +9,8 @@ two minimisers. Writes JSON next to the printed table.
       [--output=benchmarks/solvers.json]
 """
 
-import json
 import os
 import platform
-import statistics
-import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -21,22 +18,13 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import tensorflow as tf
 
+from benchmarks import common
 import tfp_ircpm as ircpm
 
 flags.DEFINE_integer('points', 4096, 'Batch of points per solve.')
 flags.DEFINE_integer('repeats', 5, 'Timed repetitions (median reported).')
 flags.DEFINE_string('output', 'benchmarks/solvers.json', 'JSON output path.')
 FLAGS = flags.FLAGS
-
-
-def _time(fn, repeats):
-  fn()  # trace and warm up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def main(_):
@@ -55,8 +43,8 @@ def main(_):
         bij = ircpm.IRCPM(manifold, psi, method=method)
         res = bij.solve(x)
         result[method] = dict(
-            seconds=_time(lambda b=bij: b.solve(x).point.numpy(),
-                          FLAGS.repeats),
+            seconds=common.median_seconds(lambda b=bij: b.solve(x).point,
+                                          FLAGS.repeats),
             mean_iterations=float(tf.reduce_mean(
                 tf.cast(res.iterations, tf.float32))),
             max_iterations=int(tf.reduce_max(res.iterations)),
@@ -81,9 +69,8 @@ def main(_):
           f"{g['seconds']:>11.3f}{g['mean_iterations']:>8.1f}/"
           f"{g['max_iterations']:<4d}{r['speedup']:>10.2f}"
           f"{r['max_distance_between_minimisers']:>10.1e}")
-  with open(FLAGS.output, 'w') as f:
-    json.dump(dict(machine=platform.platform(), cpus=os.cpu_count(),
-                   rows=rows), f, indent=2)
+  common.write_json(dict(machine=platform.platform(), cpus=os.cpu_count(),
+                         rows=rows), FLAGS.output)
   print(f'wrote {FLAGS.output}')
 
 

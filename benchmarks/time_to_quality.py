@@ -21,6 +21,7 @@ from absl import flags
 import tensorflow_probability as tfp
 import tf_keras
 
+from benchmarks import common
 import tfp_ircpm as ircpm
 from tfp_ircpm import targets as targets_lib
 from tfp_ircpm import training
@@ -108,8 +109,7 @@ def main(_):
   record = time_to_quality(**{k: getattr(FLAGS, k) for k in DEFAULTS})
   print(json.dumps({k: v for k, v in record.items() if k != 'evaluations'},
                    indent=2))
-  with open(FLAGS.output, 'w') as f:
-    json.dump(record, f, indent=2)
+  common.write_json(record, FLAGS.output)
   print(f'wrote {FLAGS.output}')
 
 

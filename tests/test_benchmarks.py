@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from benchmarks import run as bench_run
+from benchmarks import scaling
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -59,8 +60,8 @@ def test_fit_exponent_recovers_a_power_law():
   dims = [2, 4, 8, 16, 32, 64]
   # d = 2, 4 lie off the law (fixed overheads) and must be ignored.
   seconds = [1., 1.] + [3e-4 * d ** 1.7 for d in dims[2:]]
-  assert bench_run.fit_exponent(dims, seconds) == pytest.approx(1.7)
-  assert bench_run.fit_exponent([2, 4, 8], [1., 1., 1.]) is None
+  assert scaling.fit_exponent(dims, seconds) == pytest.approx(1.7)
+  assert scaling.fit_exponent([2, 4, 8], [1., 1., 1.]) is None
   # Missing samples (None) are skipped.
-  assert bench_run.fit_exponent([8, 16, 32], [8., None, 32.]) == (
+  assert scaling.fit_exponent([8, 16, 32], [8., None, 32.]) == (
       pytest.approx(1.))
