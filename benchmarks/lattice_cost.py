@@ -32,7 +32,7 @@ flags.DEFINE_integer('eval_samples', 25, 'Samples of the exact evaluation.')
 flags.DEFINE_string('output', 'benchmarks/lattice_cost.json', 'JSON path.')
 FLAGS = flags.FLAGS
 
-# The README grid's configurations (examples/lattice.py flags).
+# The configurations of the grid in docs/results/lattice.md (examples/lattice.py flags).
 LAYERS = {'xy': 4, 'o3': 2}
 
 

@@ -82,18 +82,22 @@ flags.DEFINE_bool('summarize', False, 'Only print the markdown table of '
                   'test NLL mean ± std over the JSON files in --output_dir.')
 FLAGS = flags.FLAGS
 
-# Published test NLLs (lower is better); see the README.
+# Published test NLLs (nats, lower is better): Riemannian CNF, Moser Flow
+# and Riemannian score-based from the oxcsml/riemannian-score-sde README;
+# the vMF mixture and Riemannian flow matching from Chen & Lipman 2023
+# (arXiv 2302.03660), Table 2. See docs/results/earth.md.
 PUBLISHED = {
-    'Mixture of vMF': dict(volcano=-0.31, earthquake=0.59, flood=1.09,
-                           fire=-0.23),
-    'Riemannian CNF': dict(volcano=-0.97, earthquake=0.19, flood=0.90,
-                           fire=-0.66),
-    'Moser Flow': dict(volcano=-1.68, earthquake=0.03, flood=0.71,
-                       fire=-0.78),
-    'Riemannian score-based': dict(volcano=-4.92, earthquake=-0.19,
-                                   flood=0.45, fire=-1.33),
-    'Riemannian flow matching': dict(volcano=-7.93, earthquake=-0.28,
-                                     fire=-1.86),
+    'Mixture of vMF': dict(volcano='-0.31', earthquake='0.59', flood='1.09',
+                           fire='-0.23'),
+    'Riemannian CNF': dict(volcano='-6.05 ± 0.61', earthquake='0.14 ± 0.23',
+                           flood='1.11 ± 0.19', fire='-0.80 ± 0.54'),
+    'Moser Flow': dict(volcano='-4.21 ± 0.17', earthquake='-0.16 ± 0.06',
+                       flood='0.57 ± 0.10', fire='-1.28 ± 0.05'),
+    'Riemannian score-based': dict(volcano='-4.92 ± 0.25',
+                                   earthquake='-0.19 ± 0.07',
+                                   flood='0.48 ± 0.09', fire='-1.33 ± 0.06'),
+    'Riemannian flow matching': dict(volcano='-7.93', earthquake='-0.28',
+                                     flood='0.42', fire='-1.86'),
 }
 
 
@@ -116,7 +120,7 @@ def save_density_map(path: str, q, test_points: np.ndarray,
   except ImportError:
     return False
   lo, la, pts = latlon_grid()
-  log_prob = training._log_prob_fn(q)  # pylint: disable=protected-access
+  log_prob = ircpm.metrics.log_prob_fn(q)
   log_q = np.concatenate([
       log_prob(tf.constant(pts[i:i + 4096], q.dtype)).numpy()
       for i in range(0, len(pts), 4096)]).reshape(lo.shape)
@@ -167,7 +171,7 @@ def summarize(output_dir: str) -> str:
            '|---|---|---|---|---|']
   for method, row in PUBLISHED.items():
     lines.append(f'| {method} | ' + ' | '.join(
-        f'{row[d]:.2f}' if d in row else '–' for d in order) + ' |')
+        row.get(d, '–') for d in order) + ' |')
   notes = []
   for model, results in by_model.items():
     with_base = [r for rs in results.values() for r in rs

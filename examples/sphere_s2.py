@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+import _tables  # examples/_tables.py, beside this script
 import tfp_ircpm as ircpm
 from tfp_ircpm import bounds
 from tfp_ircpm import targets as targets_lib
@@ -113,7 +114,7 @@ def main(_):
   fig = os.path.join(FLAGS.output_dir, 's2.png')
   if save_figure(fig, target, q, psis[0]):
     result['figure'] = fig
-  table = training.markdown_table(
+  table = _tables.markdown_table(
       [result], ['target', 'psi', 'parameters', 'paper_ess', 'ess',
                  'paper_kl', 'kl', 'train_seconds'])
   print(table)

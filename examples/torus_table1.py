@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+import _tables  # examples/_tables.py, beside this script
 import tfp_ircpm as ircpm
 from tfp_ircpm import targets as targets_lib
 from tfp_ircpm import training
@@ -125,7 +126,7 @@ def main(_):
   results = [run_row(r) for r in FLAGS.rows.split(',') if r]
   cols = ['target', 'psi', 'parameters', 'paper_ess', 'ess', 'kl',
           'train_seconds']
-  table = training.markdown_table(results, cols)
+  table = _tables.markdown_table(results, cols)
   print(table)
   with open(os.path.join(FLAGS.output_dir, 'table1.json'), 'w') as f:
     json.dump(results, f, indent=2)

@@ -102,3 +102,17 @@ def solve_calls(monkeypatch):
 
   monkeypatch.setattr(ircpm.solvers, 'solve', counting)
   return calls
+
+
+def conv_psi(lattice_size, spin, scale=0.2, seed=0, **kwargs):
+  """A float64 `LatticeConvPotential` with channels (8, 8)."""
+  return ircpm.lattice.LatticeConvPotential(
+      lattice_size, spin, (8, 8), output_scale=scale, seed=seed,
+      dtype=tf.float64, **kwargs)
+
+
+def random_rotation(rng):
+  """A uniformly random element of SO(3) (QR with the sign fix)."""
+  q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+  q = q * np.sign(np.diag(r))
+  return q * np.linalg.det(q)

@@ -44,7 +44,7 @@ def test_fit_nll_never_solves_and_its_density_integrates_to_one(solve_calls):
   assert fit['best_validation'] < math.log(4 * math.pi) - 0.3
   # The density uses the exact intrinsic log-det: a trained, far-from-uniform
   # q still integrates to 1 (equal-area quadrature, 4π/n per point).
-  log_prob = training._log_prob_fn(q)  # pylint: disable=protected-access
+  log_prob = ircpm.metrics.log_prob_fn(q)
   pts = tf.constant(fibonacci_sphere(20000), tf.float32)
   q_vals = np.exp(np.concatenate([log_prob(pts[i:i + 10000]).numpy()
                                   for i in range(0, 20000, 10000)]))

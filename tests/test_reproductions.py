@@ -46,7 +46,7 @@ def test_sphere_s2(tmp_path):
 
 @pytest.mark.slow
 def test_lattice_o3_flow_matches_heat_bath(tmp_path):
-  """O(3), L = 4, β = 0.5 (README lattice table): the equivariant flow's
+  """O(3), L = 4, β = 0.5 (docs/results/lattice.md): the equivariant flow's
   exact ESS is high and its reweighted energy and χ match the heat bath."""
   _run('lattice.py', tmp_path, '--model=o3', '--L=4', '--beta=0.5',
        '--psi=equivariant', '--bond_term', '--layers=2', '--steps=100',

@@ -94,11 +94,6 @@ def test_maximum_likelihood_never_solves(solve_calls):
   assert calls
 
 
-def test_markdown_table():
-  table = training.markdown_table([dict(a=1, b=0.123456)], ['a', 'b'])
-  assert table.splitlines() == ['| a | b |', '|---|---|', '| 1 | 0.1235 |']
-
-
 def test_diffeomorphism_monitor_stops_training_on_a_folded_map():
   torus = M.Torus(1)
   amplitude = tf.Variable(0.2, dtype=tf.float64)

@@ -1,6 +1,9 @@
 """Autodiff helpers shared by the solver and the log-det."""
 
 import tensorflow as tf
+# Public TF has no way to pause every active tape; GradientTape.stop_recording
+# uses this same context for its own tape.
+from tensorflow.python.eager import record  # pylint: disable=g-direct-tensorflow-import
 
 # Up to this many outputs a batch Jacobian is built from one reverse pass per
 # output. Beyond it `tape.batch_jacobian` vectorises the passes with pfor,
@@ -60,3 +63,20 @@ def with_lazy_gradient(value: tf.Tensor, exact_fn, z: tf.Tensor,
     return tf.identity(value), grad
 
   return lazy(z, *[tf.convert_to_tensor(v) for v in variables])
+
+
+def without_tapes(fn, *args):
+  """fn(*args) with every gradient tape paused, as a graph.
+
+  For iterative solvers (the c-transform solve, conjugate gradients, power
+  iteration) whose outputs are never differentiated: a tape that watches
+  ψ's variables would make while_v2 wrap the loop for higher-order tape
+  gradients, which costs seconds of tracing and memory per call. Inside,
+  derivatives use `tf.gradients` (`derivatives.*(symbolic=True)`), which
+  needs a graph: eagerly, fn runs in a one-off `tf.function` (callers that
+  run often keep a cached one instead, and pass it here as fn).
+  """
+  with record.stop_recording():
+    if tf.executing_eagerly() and not hasattr(fn, 'get_concrete_function'):
+      return tf.function(fn)(*args)
+    return fn(*args)

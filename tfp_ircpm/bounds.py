@@ -30,8 +30,7 @@ from typing import Callable, NamedTuple
 
 import tensorflow as tf
 
-from tfp_ircpm import _autodiff
-from tfp_ircpm import solvers
+from tfp_ircpm import derivatives
 from tfp_ircpm.manifolds import base
 
 
@@ -81,16 +80,8 @@ def potential_derivatives(manifold: base.Manifold,
   The Riemannian Hessian is the Hessian of v ↦ ψ(exp_y(E v)) at 0, which on
   Sⁿ includes the curvature term -(y·∇ψ) I.
   """
-  frame = manifold.tangent_frame(y)
-  v = tf.zeros(tf.stack([tf.shape(y)[0], manifold.dim]), y.dtype)
-  with tf.GradientTape(persistent=True) as outer:
-    outer.watch(v)
-    with tf.GradientTape() as inner:
-      inner.watch(v)
-      psi = solvers.call_potential(potential,
-                                   manifold.expmap(y, tf.linalg.matvec(frame, v)))
-    g = inner.gradient(psi, v, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-  hess = _autodiff.batch_jacobian(outer, g, v)
+  _, g, hess, _ = derivatives.frame_derivatives(
+      manifold, lambda z: derivatives.call_potential(potential, z), y)
   eig = tf.linalg.eigvalsh(0.5 * (hess + tf.linalg.matrix_transpose(hess)))
   return tf.norm(g, axis=-1), tf.reduce_max(tf.abs(eig), axis=-1)
 

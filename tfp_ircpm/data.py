@@ -153,13 +153,17 @@ def load_dataset(name: str, data_path: str, seed: int,
 
 
 def default_data_path() -> Optional[str]:
-  """$EARTH_DATA, else ../shared/data/earth next to the repo, if present."""
+  """$EARTH_DATA, else shared/data/earth beside the checkout, if present.
+
+  "Beside the checkout" is looked up from this source file (an editable
+  install) and from the working directory, so no machine path is assumed.
+  """
   env = os.environ.get('EARTH_DATA')
   if env:
     return env
   here = os.path.dirname(os.path.abspath(__file__))
   for candidate in (os.path.join(here, '..', '..', 'shared', 'data', 'earth'),
-                    '/work/shared/data/earth'):
+                    os.path.join(os.getcwd(), '..', 'shared', 'data', 'earth')):
     if os.path.isdir(candidate):
       return os.path.normpath(candidate)
   return None

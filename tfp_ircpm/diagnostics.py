@@ -24,6 +24,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_ircpm import bounds
+from tfp_ircpm import flows
+from tfp_ircpm import tolerances
 from tfp_ircpm.bijectors import ircpm as ircpm_lib
 
 tfb = tfp.bijectors
@@ -64,18 +66,7 @@ class DiffeomorphismReport(NamedTuple):
 
 def _links(bijector) -> List[ircpm_lib.IRCPM]:
   """The distinct IRCPMs of a bijector (an IRCPM or a Chain of them)."""
-  if isinstance(bijector, ircpm_lib.IRCPM):
-    return [bijector]
-  # tfb.Chain of non-CompositeTensor bijectors is a private `_Chain`.
-  if isinstance(bijector, tfb.Composition):
-    out = []
-    for b in bijector.bijectors:
-      for link in _links(b):
-        if all(link is not o for o in out):
-          out.append(link)
-    return out
-  raise TypeError(f'check_diffeomorphism needs an IRCPM or a Chain of them, '
-                  f'got {bijector!r}.')
+  return flows.distinct(flows.bijector_layers(bijector))
 
 
 def check_diffeomorphism(bijector,
@@ -96,8 +87,8 @@ def check_diffeomorphism(bijector,
       at which det J_{f⁻¹} is also checked.
     dtype: computation dtype; default the bijector's (float32 if it has
       none).
-    roundtrip_tolerance: max allowed d(x, f⁻¹(f(x))); default 1e-4 (float32)
-      or 1e-8 (float64).
+    roundtrip_tolerance: max allowed d(x, f⁻¹(f(x))); default by dtype
+      (`tolerances`: 1e-4 float32, 1e-8 float64).
     bound_points: if > 0, also run `bounds.check_bounds` on that many points.
     batch_size: points per batch.
     seed: sampling seed.
@@ -105,7 +96,7 @@ def check_diffeomorphism(bijector,
   links = _links(bijector)
   if dtype is None:
     dtype = next((l.dtype for l in links if l.dtype is not None), tf.float32)
-  tol = roundtrip_tolerance or (1e-4 if dtype == tf.float32 else 1e-8)
+  tol = roundtrip_tolerance or tolerances.for_dtype(dtype).round_trip
   min_det, min_det_pts, worst_rt, converged = float('inf'), None, 0., True
   global_minima = True
   reports = [] if bound_points else None

@@ -43,7 +43,7 @@ from typing import Dict, Iterator, Optional
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_ircpm import logdet
+from tfp_ircpm import flows
 from tfp_ircpm.manifolds import base as manifold_base
 
 try:
@@ -121,13 +121,13 @@ def flow_manifold(distribution: tfd.Distribution
   """The manifold the flow's points lie on, or None if it is not known.
 
   That of the IRCPM layers for a `tfd.TransformedDistribution` of an IRCPM
-  or a chain of them (`logdet.flow_layers`); otherwise the distribution's
+  or a chain of them (`flows.flow_layers`); otherwise the distribution's
   own `manifold` (tfp_ircpm's base distributions that have one); otherwise
   None.
   """
   try:
-    _, layers = logdet.flow_layers(distribution)
-  except ValueError:
+    _, layers = flows.flow_layers(distribution)
+  except flows.NotAFlowError:
     layers = []
   if layers:
     return layers[-1].manifold  # the space log_prob's points come from

@@ -23,21 +23,21 @@ above `AUTO_EXACT_MAX_DIM` dimensions on tori, spheres and their products and
 powers, exact otherwise).
 """
 
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import tensorflow as tf
 import tensorflow_probability as tfp
-# Public TF has no way to pause every active tape; GradientTape.stop_recording
-# uses this same context for its own tape.
-from tensorflow.python.eager import record  # pylint: disable=g-direct-tensorflow-import
 
-from tensorflow_probability.python.bijectors import chain as chain_lib
-from tensorflow_probability.python.distributions import transformed_distribution as transformed_lib
-
+from tfp_ircpm import _autodiff
+from tfp_ircpm import derivatives
+from tfp_ircpm import flows
 from tfp_ircpm import matrix_free
-from tfp_ircpm import solvers
+from tfp_ircpm import tolerances
 from tfp_ircpm.bijectors import ircpm as ircpm_lib
 from tfp_ircpm.manifolds import base
+
+# Where the flow walker lived before `flows`.
+flow_layers = flows.flow_layers
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
@@ -85,35 +85,16 @@ def hessian_vector_product(manifold: base.Manifold, potential, x: tf.Tensor,
                            y: tf.Tensor, v: tf.Tensor) -> tf.Tensor:
   """P Hess_y h(x, ·) P v, [N, ambient]; differentiable in x, y and ψ (tapes).
 
-  The Hessian at w = 0 of the pull-back w ↦ h(x, exp_y(P_y w)): exp is a
-  second-order retraction, so this is the Riemannian Hessian of Sec. 4.2 on
-  T_y (and 0 on normal directions). On a torus it is (I + Hess ψ) v.
+  `derivatives.hvp` of h(x, ·): the Riemannian Hessian of Sec. 4.2 on T_y
+  (0 on normal directions). On a torus it is (I + Hess ψ) v.
   """
-  w = tf.zeros_like(y)
-  with tf.GradientTape() as outer:
-    outer.watch(w)
-    with tf.GradientTape() as inner:
-      inner.watch(w)
-      z = manifold.expmap(y, manifold.proju(y, w))
-      h = solvers.cost(manifold, potential, x, z)
-    g = inner.gradient(h, w, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    gv = tf.reduce_sum(g * v, axis=-1)
-  return outer.gradient(gv, w,
-                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  return derivatives.hvp(manifold, derivatives.cost_fn(manifold, potential, x),
+                         y, v)
 
 
 def _inverse(manifold: base.Manifold, potential, y: tf.Tensor) -> tf.Tensor:
-  """x = f⁻¹(y) = exp_y(grad ψ(y)) [N, ambient], differentiable in y and ψ.
-
-  `IRCPM._inverse_flat` computes the same map; this one takes (manifold, ψ)
-  so the matrix-free routines need no bijector.
-  """
-  with tf.GradientTape() as tape:
-    tape.watch(y)
-    psi = solvers.call_potential(potential, y)
-  grad = manifold.proju(y, tape.gradient(
-      psi, y, unconnected_gradients=tf.UnconnectedGradients.ZERO))
-  return manifold.projx(manifold.expmap(y, grad))
+  """x = f⁻¹(y) [N, ambient] (`derivatives.inverse_map`)."""
+  return derivatives.inverse_map(manifold, potential, y)[0]
 
 
 def logdet_surrogate(manifold: base.Manifold, potential, y: tf.Tensor,
@@ -161,8 +142,8 @@ def logdet_surrogate(manifold: base.Manifold, potential, y: tf.Tensor,
                               [-1, a])
   x_rep, y_rep = tile(x), tile(y)
   v = tf.stop_gradient(manifold.proju(y_rep, tf.reshape(probes, [-1, a])))
-  rtol = cg_rtol if cg_rtol is not None else (
-      1e-5 if y.dtype == tf.float32 else 1e-10)
+  rtol = (cg_rtol if cg_rtol is not None
+          else tolerances.for_dtype(y.dtype).cg)
   x_stop, y_stop = tf.stop_gradient(x_rep), tf.stop_gradient(y_rep)
 
   def cg_solve(rhs):
@@ -171,10 +152,8 @@ def logdet_surrogate(manifold: base.Manifold, potential, y: tf.Tensor,
         matrix_free.hvp(manifold, potential, x_stop, y_stop), rhs, rtol=rtol,
         max_iterations=cg_max_iterations).solution
 
-  with record.stop_recording():
-    # H is symmetric, so uᵀ = vᵀH⁻¹ is a plain solve.
-    u = (tf.function(cg_solve)(v) if tf.executing_eagerly() else cg_solve(v))
-  u = tf.stop_gradient(u)
+  # H is symmetric, so uᵀ = vᵀH⁻¹ is a plain solve.
+  u = tf.stop_gradient(_autodiff.without_tapes(cg_solve, v))
   s = tf.reduce_sum(
       u * hessian_vector_product(manifold, potential, x_rep, y_rep, v), -1)
   s = tf.reduce_mean(tf.reshape(s, [num_probes, -1]), axis=0)
@@ -183,45 +162,26 @@ def logdet_surrogate(manifold: base.Manifold, potential, y: tf.Tensor,
   return s - tf.stop_gradient(s)
 
 
-def flow_layers(q: tfd.TransformedDistribution
-                ) -> Tuple[tfd.Distribution, List[ircpm_lib.IRCPM]]:
-  """(base, IRCPMs in application order) of q = base pushed by IRCPMs.
-
-  Accepts an `IRCPM`, or a `tfb.Chain` (any depth) of them; anything else
-  is a ValueError.
-  """
-  # tfd.TransformedDistribution / tfb.Chain build instances of their private
-  # non-composite bases when a part is not a CompositeTensor (IRCPMs are not).
-  if not isinstance(q, transformed_lib._TransformedDistribution):  # pylint: disable=protected-access
-    raise ValueError(f'Need a TransformedDistribution of IRCPMs, got {q!r}.')
-
-  def walk(b):
-    if isinstance(b, ircpm_lib.IRCPM):
-      return [b]
-    if isinstance(b, chain_lib._Chain):  # pylint: disable=protected-access
-      return [l for part in reversed(b.bijectors) for l in walk(part)]
-    raise ValueError(f'Only IRCPMs and Chains of them are supported; got {b!r}.')
-
-  return q.distribution, walk(q.bijector)
-
-
 def sample_and_log_prob(q: tfd.TransformedDistribution, n: int, seed=None,
                         estimator: str = 'exact', num_probes: int = 1,
                         return_layer_points: bool = False,
                         return_converged: bool = False):
-  """y ~ q [n, ambient] and log q(y) [n], solves by `matrix_free.forward`.
+  """y ~ q [n, ambient] and log q(y) [n], layer by layer.
 
-  With estimator 'exact', log q is exact (Eq. 4 via each layer's
-  `inverse_log_det_jacobian`); with 'stochastic' the log-det terms are the
-  zero-valued surrogates of `logdet_surrogate` (right gradient in
-  expectation, value log base(x) only). Points whose solve did not converge
-  are NaN, unless `return_converged`: then they are kept (finite, not
-  solutions) and a [n] bool mask of the points whose every solve converged
-  is returned as well, so a training loss can drop them instead of taking
-  NaN gradients. With `return_layer_points`, also returns the list of each
-  layer's output points (for `min_eigenvalue_penalty`).
+  Each layer runs its own forward (`IRCPM.forward_with_result`: its solve
+  back-end and its nonconvergence and fold policies, the same as
+  `q.experimental_sample_and_log_prob`). With estimator 'exact', log q is
+  exact (Eq. 4 via each layer's `inverse_log_det_jacobian`, from the
+  solve's Hessian with the dense back-end); with 'stochastic' the log-det
+  terms are the zero-valued surrogates of `logdet_surrogate` (right
+  gradient in expectation, value log base(x) only). With
+  `return_converged`, also a [n] bool mask of the points whose every solve
+  converged to a minimiser, so a training loss can drop the others (give
+  the layers nonconvergence='ignore' to keep them finite and quiet). With
+  `return_layer_points`, also the list of each layer's output points (for
+  `min_eigenvalue_penalty`).
   """
-  base_dist, layers = flow_layers(q)
+  base_dist, layers = flows.flow_layers(q)
   manifold = layers[0].manifold
   estimator = choose_estimator(manifold, estimator)
   base_seed, probe_seed = tfp.random.split_seed(seed if seed is not None
@@ -233,16 +193,8 @@ def sample_and_log_prob(q: tfd.TransformedDistribution, n: int, seed=None,
   points = []
   converged = tf.ones(tf.shape(x)[:1], tf.bool)
   for i, layer in enumerate(layers):
-    # The layer's own tolerance and Newton cap (matrix_free's default cap
-    # where the layer sets none).
-    cap = layer._max_iterations  # pylint: disable=protected-access
-    y, ok = matrix_free.forward(
-        layer.manifold, layer.potential, y,
-        tolerance=layer._tolerance,  # pylint: disable=protected-access
-        nonconvergence='ignore' if return_converged else 'nan',
-        return_converged=True,
-        **({} if cap is None else {'max_iterations': cap}))
-    converged &= ok
+    y, result = layer.forward_with_result(y)
+    converged &= result.converged & ~result.suboptimal
     points.append(y)
     if estimator == 'exact':
       log_q += layer.inverse_log_det_jacobian(y, event_ndims=1)
@@ -310,9 +262,7 @@ def min_hessian_eigenvalue(manifold: base.Manifold, potential, y: tf.Tensor,
   u0 = tf.random.stateless_normal(tf.shape(y), seed if seed is not None
                                   else (0, 0), dtype=y.dtype)
   u0 = unit(manifold.proju(y_stop, u0))
-  with record.stop_recording():
-    u = tf.function(power)(u0) if tf.executing_eagerly() else power(u0)
-  u = tf.stop_gradient(u)
+  u = tf.stop_gradient(_autodiff.without_tapes(power, u0))
   return tf.reduce_sum(
       u * hessian_vector_product(manifold, potential, x, y, u), axis=-1)
 
@@ -364,15 +314,10 @@ def min_eigenvalue_penalty(layers: List[ircpm_lib.IRCPM], points,
 def reverse_kl_loss(q: tfd.TransformedDistribution, target, batch_size: int,
                     seed=None, estimator: str = 'auto',
                     num_probes: int = 1) -> tf.Tensor:
-  """mean_{y~q}[log q(y) − log p̃(y)] (Eq. 9) with matrix-free solves.
-
-  With the stochastic estimator the returned value omits the log-det terms
-  (they are zero-valued surrogates) but its gradient is unbiased for the
-  gradient of the reverse KL; use exact evaluation for the KL itself.
-  """
-  y, log_q = sample_and_log_prob(q, batch_size, seed, estimator, num_probes)
-  return tf.reduce_mean(log_q - tf.cast(target.unnormalized_log_prob(y),
-                                        log_q.dtype))
+  """`losses.reverse_kl_loss` (Eq. 9), kept here under its former home."""
+  from tfp_ircpm import losses  # pylint: disable=g-import-not-at-top
+  return losses.reverse_kl_loss(q, target, batch_size, seed,
+                                estimator=estimator, num_probes=num_probes)
 
 
 def log_prob_surrogate(q: tfd.TransformedDistribution, y: tf.Tensor,
@@ -396,7 +341,7 @@ def log_prob_surrogate(q: tfd.TransformedDistribution, y: tf.Tensor,
   Returns:
     [N], in y's dtype.
   """
-  base_dist, layers = flow_layers(q)
+  base_dist, layers = flows.flow_layers(q)
   choose_estimator(layers[0].manifold, 'stochastic')
   y = tf.convert_to_tensor(y)
   seeds = tfp.random.split_seed(seed if seed is not None else 0,
@@ -421,8 +366,8 @@ def uses_stochastic(q: tfd.Distribution, estimator: str = 'auto') -> bool:
   if estimator == 'exact':
     return False
   try:
-    _, layers = flow_layers(q)
-  except ValueError:
+    _, layers = flows.flow_layers(q)
+  except flows.NotAFlowError:
     if estimator == 'stochastic':
       raise
     return False

@@ -15,27 +15,44 @@ report iterations and the final Riemannian gradient norm ‖grad_y h‖.
 * `'gradient'`: the paper's Riemannian gradient descent with unit step,
   y ← exp_y(-grad_y h). Linear rate ‖Hess ψ‖-ish; kept for comparison.
 
+Newton's linear algebra has two back-ends (`linear_algebra`):
+
+* `'dense'`: H in the frame (dim reverse passes) and a Cholesky
+  factorisation, per iteration;
+* `'cg'`: conjugate gradients on Hessian-vector products (two reverse passes
+  each, `derivatives.hvp`) with a short backtracking line search: no dim ×
+  dim matrix, for high-dimensional manifolds (lattices, T^{L²}).
+
 Gradients never flow through the iterations: the returned point is wrapped in
-`tf.stop_gradient`, and differentiation goes through `implicit_step` (the
-implicit function theorem at the solution).
+`tf.stop_gradient`, and differentiation goes through the implicit function
+theorem at the solution, with H⁻¹ applied densely (`implicit_step`) or by CG
+(`cg_implicit_step`).
 """
 
 import functools
 from typing import Callable, NamedTuple, Optional
 
 import tensorflow as tf
-# Public TF has no way to pause every active tape; GradientTape.stop_recording
-# uses this same context for its own tape.
-from tensorflow.python.eager import record  # pylint: disable=g-direct-tensorflow-import
 
 from tfp_ircpm import _autodiff
 from tfp_ircpm import _linalg
+from tfp_ircpm import derivatives as deriv
+from tfp_ircpm import matrix_free
+from tfp_ircpm import tolerances
 from tfp_ircpm.manifolds import _series
 from tfp_ircpm.manifolds import base
+
+# The objective and its derivatives live in `derivatives`; these names stay
+# here for the code that imported them from the solver.
+call_potential = deriv.call_potential
+cost = deriv.cost
+local_derivatives = deriv.local_derivatives
 
 Potential = Callable[[tf.Tensor], tf.Tensor]
 
 METHODS = ('newton', 'gradient')
+LINEAR_ALGEBRA = ('dense', 'cg')
+_CG_STEP_SIZES = (1., 0.5, 0.25)
 _ARMIJO_C = 1e-4
 _STEP_SIZES = (1., 0.5, 0.25, 0.125)
 
@@ -56,6 +73,11 @@ class SolveResult(NamedTuple):
     suboptimal: [N] bool, True where y* is provably not the minimiser of
       h(x, ·): a candidate point has a lower value (`suboptimal_points`) or
       the Hessian is not positive definite there. Or None.
+    hvps: scalar int32, the batches of Hessian-vector products the CG
+      back-end ran (None for the dense one).
+
+  With the CG back-end `hessian` and `gradient` are None: no dim × dim
+  matrix exists, and the IFT step recomputes grad_y h on a tape.
   """
   point: tf.Tensor
   iterations: tf.Tensor
@@ -65,6 +87,7 @@ class SolveResult(NamedTuple):
   gradient: Optional[tf.Tensor] = None
   value: Optional[tf.Tensor] = None
   suboptimal: Optional[tf.Tensor] = None
+  hvps: Optional[tf.Tensor] = None
 
 
 # Candidates of `suboptimal_points` drawn from the batch itself, and the
@@ -132,108 +155,12 @@ def suboptimal_points(manifold: base.Manifold, potential: Potential,
 
 
 def default_tolerance(dtype: tf.DType) -> float:
-  """Residual tolerance: 1e-5 in float32, 1e-10 in float64.
-
-  The round-off floor of ‖grad_y h‖ is about eps · (|log_y x| + |∇ψ|), i.e.
-  ~1e-7 in float32 for the potentials of interest; 1e-5 leaves a margin for
-  sharp trained networks. The returned point additionally takes one implicit
-  Newton step, so its error is ~tolerance², not tolerance.
-  """
-  return 1e-5 if dtype in (tf.float16, tf.bfloat16, tf.float32) else 1e-10
+  """Residual tolerance on ‖grad_y h‖ (`tolerances`: 1e-5 f32, 1e-10 f64)."""
+  return tolerances.for_dtype(dtype).solve
 
 
 def default_max_iterations(method: str) -> int:
   return 50 if method == 'newton' else 1000
-
-
-def cost(manifold: base.Manifold, potential: Potential, x: tf.Tensor,
-         y: tf.Tensor) -> tf.Tensor:
-  """h(x, y) = ½ d(x, y)² + ψ(y), shape [...]."""
-  return 0.5 * manifold.sq_dist(x, y) + call_potential(potential, y)
-
-
-def call_potential(potential: Potential, y: tf.Tensor) -> tf.Tensor:
-  """ψ(y) with shape [...] for points [..., ambient_dim].
-
-  Accepts potentials returning [..., 1] (Keras models). Any other static
-  shape is an error, as is a float dtype other than y's (a float32 Keras
-  model fed float64 points would otherwise lose precision silently).
-  """
-  out = tf.convert_to_tensor(potential(y))
-  batch = y.shape[:-1]
-  if out.shape.rank is not None and out.shape.rank == y.shape.rank and (
-      tf.compat.dimension_value(out.shape[-1]) == 1):
-    out = tf.squeeze(out, axis=-1)
-  if out.shape.rank is not None and batch.rank is not None and not (
-      out.shape.is_compatible_with(batch)):
-    raise ValueError(
-        f'The potential must map points {y.shape} to values {batch} (or '
-        f'{batch + [1]}); it returned shape {out.shape}.')
-  if out.dtype != y.dtype:
-    raise TypeError(
-        f'The potential returned {out.dtype.name} values for {y.dtype.name} '
-        'points; make it compute in the points\' dtype (potentials.MLP does) '
-        'or pass points of its dtype.')
-  return out
-
-
-def local_derivatives(manifold: base.Manifold, potential: Potential,
-                      x: tf.Tensor, y: tf.Tensor, with_hessian: bool = True,
-                      frame: Optional[tf.Tensor] = None):
-  """Value, gradient and Hessian of v ↦ h(x, exp_y(E_y v)) at v = 0.
-
-  Args:
-    x, y: [N, ambient_dim].
-    with_hessian: also return the [N, dim, dim] Hessian.
-    frame: E_y, [N, ambient_dim, dim]; computed from y when omitted.
-
-  Returns:
-    (h [N], g [N, dim], H [N, dim, dim] or None, E_y [N, ambient, dim]).
-  """
-  if frame is None:
-    frame = manifold.tangent_frame(y)
-  v = tf.zeros(tf.stack([tf.shape(y)[0], manifold.dim]), dtype=y.dtype)
-
-  def value_and_gradient():
-    with tf.GradientTape() as inner:
-      inner.watch(v)
-      z = manifold.expmap(y, tf.linalg.matvec(frame, v))
-      value = cost(manifold, potential, x, z)
-    return value, inner.gradient(
-        value, v, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-
-  if not with_hessian:
-    value, g = value_and_gradient()
-    return value, g, None, frame
-  with tf.GradientTape(persistent=True) as outer:
-    outer.watch(v)
-    value, g = value_and_gradient()
-  hess = _autodiff.batch_jacobian(outer, g, v)
-  return value, g, hess, frame
-
-
-def _symbolic_derivatives(manifold: base.Manifold, potential: Potential,
-                          x: tf.Tensor, y: tf.Tensor, with_hessian: bool):
-  """`local_derivatives` with `tf.gradients` instead of tapes (graph only).
-
-  The solve loop is built with every tape paused: a tape that watches ψ's
-  variables makes while_v2 wrap the loop for higher-order tape gradients,
-  which costs seconds of tracing and memory per call, and the loop's outputs
-  are never differentiated anyway (see `implicit_step`). Symbolic gradients
-  need no tape, so they work in that context.
-  """
-  frame = manifold.tangent_frame(y)
-  v = tf.zeros(tf.stack([tf.shape(y)[0], manifold.dim]), dtype=y.dtype)
-  z = manifold.expmap(y, tf.linalg.matvec(frame, v))
-  value = cost(manifold, potential, x, z)
-  zero = tf.UnconnectedGradients.ZERO
-  g = tf.gradients(value, v, unconnected_gradients=zero)[0]
-  hess = None
-  if with_hessian:
-    rows = [tf.gradients(gk, v, unconnected_gradients=zero)[0]
-            for gk in tf.unstack(g, num=manifold.dim, axis=1)]
-    hess = tf.stack(rows, axis=1)
-  return value, g, hess, frame
 
 
 def retract(manifold: base.Manifold, y: tf.Tensor, frame: tf.Tensor,
@@ -261,7 +188,9 @@ def solve(manifold: base.Manifold,
           method: str = 'newton',
           tolerance: Optional[float] = None,
           max_iterations: Optional[int] = None,
-          candidates: Optional[tf.Tensor] = None) -> SolveResult:
+          candidates: Optional[tf.Tensor] = None,
+          linear_algebra: str = 'dense',
+          cg_iterations: int = 50) -> SolveResult:
   """Minimises h(x, ·) from y = x for a batch of points.
 
   Builds a graph with every gradient tape paused (eagerly, inside a one-off
@@ -276,20 +205,33 @@ def solve(manifold: base.Manifold,
     max_iterations: iteration cap (default 50 Newton, 1000 gradient).
     candidates: fixed points [K, ambient_dim] for the global-minimum test
       (`suboptimal_points`), besides the batch's own solutions.
+    linear_algebra: 'dense' or 'cg' (Newton only; see the module docstring).
+    cg_iterations: CG cap per Newton step (an inexact Newton step is still a
+      descent direction).
 
   Returns:
     A `SolveResult`; nothing in it carries gradients.
   """
   if method not in METHODS:
     raise ValueError(f'method must be one of {METHODS}, got {method!r}.')
+  if linear_algebra not in LINEAR_ALGEBRA:
+    raise ValueError(f'linear_algebra must be one of {LINEAR_ALGEBRA}, got '
+                     f'{linear_algebra!r}.')
+  if linear_algebra == 'cg' and method != 'newton':
+    raise ValueError("linear_algebra='cg' is a Newton back-end; use "
+                     "method='newton'.")
   x = tf.stop_gradient(tf.convert_to_tensor(x))
-  build = functools.partial(_solve_graph, manifold, potential, method=method,
-                            tolerance=tolerance, max_iterations=max_iterations,
-                            candidates=candidates)
-  with record.stop_recording():
-    if tf.executing_eagerly():
-      return tf.function(build)(x)
-    return build(x)
+  if linear_algebra == 'cg':
+    build = functools.partial(
+        _cg_solve_graph, manifold, potential, tolerance=tolerance,
+        max_iterations=max_iterations, cg_iterations=cg_iterations,
+        candidates=candidates)
+  else:
+    build = functools.partial(
+        _solve_graph, manifold, potential, method=method,
+        tolerance=tolerance, max_iterations=max_iterations,
+        candidates=candidates)
+  return _autodiff.without_tapes(build, x)
 
 
 def _solve_graph(manifold, potential, x, method, tolerance, max_iterations,
@@ -304,7 +246,8 @@ def _solve_graph(manifold, potential, x, method, tolerance, max_iterations,
   n = tf.shape(x)[0]
 
   def derivatives(y):
-    return _symbolic_derivatives(manifold, potential, x, y, newton)
+    return deriv.local_derivatives(manifold, potential, x, y,
+                                   with_hessian=newton, symbolic=True)
 
   def newton_direction(g, hess):
     return -_linalg.solve(_gershgorin_shift(hess, 1e-3), g,
@@ -390,7 +333,8 @@ def _solve_graph(manifold, potential, x, method, tolerance, max_iterations,
     # Only H is new here: a recomputed g can differ from the loop's by
     # round-off, which at a float32 tolerance near the residual floor would
     # report points the loop stopped on as unconverged.
-    _, _, hess, _ = _symbolic_derivatives(manifold, potential, x, y, True)
+    _, _, hess, _ = deriv.local_derivatives(manifold, potential, x, y,
+                                            symbolic=True)
   residual = residual_of(g)
   # A non-finite ψ(y*) is reported like a non-finite input: tf.where-style
   # NaN regions have zero gradient, and would otherwise look flat.
@@ -410,6 +354,123 @@ def _solve_graph(manifold, potential, x, method, tolerance, max_iterations,
       gradient=tf.stop_gradient(g),
       value=tf.stop_gradient(value),
       suboptimal=tf.stop_gradient(suboptimal))
+
+
+def _cg_solve_graph(manifold, potential, x, tolerance, max_iterations,
+                    cg_iterations, candidates=None):
+  """Newton-CG from y = x, in graph mode with tapes paused.
+
+  Each Newton direction solves (P H P + I − P) d = −grad_y h by CG to a 1%
+  relative residual (inexact Newton); where CG meets non-positive curvature
+  or returns nothing, −grad is used. A backtracking over {1, ½, ¼} keeps h
+  decreasing. `suboptimal` combines the global-minimum test with the
+  curvature CG saw in the last step (no Hessian exists to test).
+  """
+  dtype = x.dtype
+  tol = tf.constant(default_tolerance(dtype) if tolerance is None
+                    else tolerance, dtype)
+  cap = int(default_max_iterations('newton') if max_iterations is None
+            else max_iterations)
+  h = deriv.cost_fn(manifold, potential, x)
+
+  def grad_at(y):
+    return deriv.ambient_gradient(manifold, h, y, symbolic=True)
+
+  def newton_step(y, g):
+    cg = matrix_free.conjugate_gradient(
+        lambda u: deriv.hvp(manifold, h, y, tf.stop_gradient(u),
+                            symbolic=True, identity_on_normals=True),
+        -g, rtol=1e-2, atol=0.1 * tol, max_iterations=cg_iterations)
+    direction = tf.where(tf.norm(cg.solution, axis=-1, keepdims=True) > 0.,
+                         cg.solution, -g)
+    value = h(y)
+    slope = tf.reduce_sum(g * direction, -1)
+    chosen = None
+    for a in reversed(_CG_STEP_SIZES):
+      yc = manifold.projx(manifold.expmap(y, a * direction))
+      ok = h(yc) <= value + _ARMIJO_C * a * slope
+      chosen = yc if chosen is None else tf.where(ok[:, None], yc, chosen)
+    return chosen, cg.iterations, cg.positive
+
+  y0 = manifold.projx(x)
+  g0 = grad_at(y0)
+  n = tf.shape(x)[0]
+  active0 = tf.norm(g0, axis=-1) > tol
+
+  def cond(i, y, g, active, iters, hvps, positive):
+    del y, g, iters, hvps, positive
+    return tf.logical_and(i < cap, tf.reduce_any(active))
+
+  def body(i, y, g, active, iters, hvps, positive):
+    y_new, cg_iters, cg_positive = newton_step(y, g)
+    y = tf.where(active[:, None], y_new, y)
+    positive = tf.where(active, cg_positive, positive)
+    g = grad_at(y)
+    iters = iters + tf.cast(active, tf.int32)
+    active = active & (tf.norm(g, axis=-1) > tol)
+    return i + 1, y, g, active, iters, hvps + cg_iters, positive
+
+  _, y, g, _, iters, hvps, positive = tf.while_loop(
+      cond, body, (tf.constant(0), y0, g0, active0, tf.zeros([n], tf.int32),
+                   tf.constant(0), tf.ones([n], tf.bool)),
+      maximum_iterations=cap)
+  residual = tf.norm(g, axis=-1)
+  value = h(y)
+  converged = tf.logical_and(residual <= tol, tf.math.is_finite(value))
+  psi_y = value - 0.5 * manifold.sq_dist(x, y)
+  suboptimal = tf.logical_or(
+      suboptimal_points(manifold, potential, x, y, psi_y, candidates),
+      ~positive)
+  return SolveResult(
+      point=tf.stop_gradient(y), iterations=iters,
+      residual=tf.stop_gradient(residual), converged=converged,
+      hessian=None, gradient=None, value=tf.stop_gradient(value),
+      suboptimal=suboptimal, hvps=hvps)
+
+
+def cg_implicit_step(manifold: base.Manifold, potential: Potential,
+                     x: tf.Tensor, result: SolveResult,
+                     cg_rtol: Optional[float] = None,
+                     cg_iterations: int = 200) -> tf.Tensor:
+  """`implicit_step` with H⁻¹ applied by conjugate gradients.
+
+  Returns exp_{y*}(−P w), w = H⁻¹ F(x, y*, θ), F = grad_y h recorded on the
+  caller's tapes (x and ψ's variables) with y* constant. H is symmetric, so
+  the adjoint of the solve is the same CG; H's own dependence on (x, θ) is
+  second order at the solution (F ≈ 0). Value y* plus one Newton step;
+  first derivatives are the IFT's. CG runs with tapes paused, in both the
+  forward and the backward pass.
+
+  Args:
+    x: [N, ambient_dim], possibly carrying gradients.
+    result: the `SolveResult` of `solve` at x.
+    cg_rtol: CG relative tolerance (default `tolerances`' cg entry).
+    cg_iterations: CG cap.
+  """
+  y = result.point
+  x_stop = tf.stop_gradient(x)
+  rtol = (cg_rtol if cg_rtol is not None
+          else tolerances.for_dtype(x.dtype).cg)
+  h_stop = deriv.cost_fn(manifold, potential, x_stop)
+
+  def inverse_hessian(rhs):
+    def cg_solve(b):
+      return matrix_free.conjugate_gradient(
+          lambda u: deriv.hvp(manifold, h_stop, y, tf.stop_gradient(u),
+                              symbolic=True, identity_on_normals=True),
+          b, rtol=rtol, max_iterations=cg_iterations).solution
+    return _autodiff.without_tapes(cg_solve, rhs)
+
+  @tf.custom_gradient
+  def solve_op(rhs):
+    def grad(upstream, variables=None):
+      return inverse_hessian(upstream), [None] * len(variables or [])
+    return inverse_hessian(rhs), grad
+
+  f = deriv.ambient_gradient(manifold, deriv.cost_fn(manifold, potential, x),
+                             y)
+  w = solve_op(f)
+  return manifold.projx(manifold.expmap(y, -manifold.proju(y, w)))
 
 
 def implicit_step(manifold: base.Manifold, potential: Potential, x: tf.Tensor,

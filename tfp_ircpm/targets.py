@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from tfp_ircpm import _lazy
 from tfp_ircpm.manifolds import base
 from tfp_ircpm.manifolds import sphere as sphere_lib
 from tfp_ircpm.manifolds import torus as torus_lib
@@ -166,133 +167,10 @@ TARGETS = {
 
 # -- Lattice models -----------------------------------------------------------
 #
-# Spins on an L×L periodic lattice, site (a, b) at flat index a·L + b. Each
-# site bonds to its right and lower neighbours, so Σ_⟨ij⟩ has 2L² terms (for
-# L = 2 every pair is bonded twice: a 4-ring with coupling 2β).
+# `LatticeTarget`, `xy_model` and `o3_model` live in `tfp_ircpm.lattice`
+# (built on `Target` above, so importing them here at module level would be
+# circular); these names resolve to them on first use.
 
-
-class LatticeTarget(Target):
-  """p ∝ e^{-u} for a nearest-neighbour O(n) model on an L×L torus lattice.
-
-  u(s) = -β Σ_⟨ij⟩ sᵢ·sⱼ with unit spins sᵢ ∈ S^{n-1}: XY (n = 2, angles)
-  or O(3) (n = 3, unit vectors). Observables are per configuration:
-  `energy_per_site` = -Σ_⟨ij⟩ sᵢ·sⱼ / L² and `magnetisation` = Σᵢ sᵢ; the
-  susceptibility is χ = ⟨|M|²⟩ / L² (⟨M⟩ = 0 by the global symmetry).
-
-  There is no quadrature above tiny lattices, so `log_normalizer` raises
-  unless `quadrature` is given.
-  """
-
-  def __init__(self, manifold: base.Manifold, lattice_size: int, beta: float,
-               spin_dim: int, quadrature, name: str):
-    self.lattice_size = int(lattice_size)
-    self.beta = float(beta)
-    self.spin_dim = int(spin_dim)
-    super().__init__(manifold, self._energy_fn, quadrature, name)
-
-  @property
-  def num_sites(self) -> int:
-    return self.lattice_size ** 2
-
-  def spins(self, x: tf.Tensor) -> tf.Tensor:
-    """Unit spins [..., L, L, n] from points [..., ambient_dim]."""
-    shape = tf.concat([tf.shape(x)[:-1], [self.lattice_size] * 2], 0)
-    if self.spin_dim == 2:
-      theta = tf.reshape(x, shape)
-      return tf.stack([tf.cos(theta), tf.sin(theta)], -1)
-    return tf.reshape(x, tf.concat([shape, [3]], 0))
-
-  def bond_sum(self, x: tf.Tensor) -> tf.Tensor:
-    """Σ_⟨ij⟩ sᵢ·sⱼ, [...]."""
-    if self.spin_dim == 2:
-      shape = tf.concat([tf.shape(x)[:-1], [self.lattice_size] * 2], 0)
-      theta = tf.reshape(x, shape)
-      total = (tf.cos(theta - tf.roll(theta, -1, axis=-1))
-               + tf.cos(theta - tf.roll(theta, -1, axis=-2)))
-      return tf.reduce_sum(total, axis=[-2, -1])
-    s = self.spins(x)
-    total = (tf.reduce_sum(s * tf.roll(s, -1, axis=-2), -1)
-             + tf.reduce_sum(s * tf.roll(s, -1, axis=-3), -1))
-    return tf.reduce_sum(total, axis=[-2, -1])
-
-  def _energy_fn(self, x: tf.Tensor) -> tf.Tensor:
-    self.manifold._check_event_size(x, self.name)  # pylint: disable=protected-access
-    return -tf.constant(self.beta, x.dtype) * self.bond_sum(x)
-
-  def energy_per_site(self, x: tf.Tensor) -> tf.Tensor:
-    """-Σ_⟨ij⟩ sᵢ·sⱼ / L² (no β), [...]."""
-    return -self.bond_sum(x) / float(self.num_sites)
-
-  def magnetisation(self, x: tf.Tensor) -> tf.Tensor:
-    """M = Σᵢ sᵢ, [..., n]."""
-    return tf.reduce_sum(self.spins(x), axis=[-3, -2])
-
-  def vorticity(self, x: tf.Tensor) -> tf.Tensor:
-    """XY winding number of every plaquette, [..., L, L] (integer-valued).
-
-    Plaquette (r, c) has corners (r, c), (r, c+1), (r+1, c+1), (r+1, c); its
-    winding is the sum of the wrapped angle differences around it over 2π.
-    On the periodic lattice the windings sum to 0. Vortices are the
-    disordered phase's topological defects (free above T_BKT): a flow that
-    under-samples them shows it here before anywhere else.
-    """
-    if self.spin_dim != 2:
-      raise ValueError('vorticity is defined for XY spins (spin_dim=2).')
-    shape = tf.concat([tf.shape(x)[:-1], [self.lattice_size] * 2], 0)
-    a = tf.reshape(x, shape)
-    b = tf.roll(a, -1, axis=-1)              # (r, c+1)
-    c = tf.roll(b, -1, axis=-2)              # (r+1, c+1)
-    d = tf.roll(a, -1, axis=-2)              # (r+1, c)
-    loop = sum(torus_lib.wrap(v - u) for u, v in ((a, b), (b, c), (c, d),
-                                                   (d, a)))
-    return tf.round(loop / (2. * np.pi))
-
-  def vortex_count(self, x: tf.Tensor) -> tf.Tensor:
-    """Σ |winding| over plaquettes (vortices plus antivortices), [...]."""
-    return tf.reduce_sum(tf.abs(self.vorticity(x)), axis=[-2, -1])
-
-  @functools.cached_property
-  def log_normalizer(self) -> float:
-    if self._quadrature is None:
-      raise ValueError(
-          f'{self.name}: log Z has no quadrature on a {self.lattice_size}x'
-          f'{self.lattice_size} lattice; use importance-sampling estimates '
-          '(e.g. tfp_ircpm.mcmc / the lattice example) instead.')
-    return super().log_normalizer
-
-
-def _check_lattice(lattice_size: int, beta: float):
-  if int(lattice_size) != lattice_size or lattice_size < 2:
-    raise ValueError(f'lattice_size must be an integer >= 2, got '
-                     f'{lattice_size}.')
-  if not math.isfinite(beta) or beta < 0.:
-    raise ValueError(f'beta must be finite and >= 0, got {beta}.')
-
-
-def xy_model(lattice_size: int, beta: float) -> LatticeTarget:
-  """2-D XY model u(θ) = -β Σ_⟨ij⟩ cos(θᵢ − θⱼ) on T^{L²} (periodic L×L).
-
-  Points are angles [..., L²] in row-major site order. For L = 2 (T⁴) log Z
-  is computed by a 24⁴ midpoint rule (spectrally accurate); above, none.
-  """
-  _check_lattice(lattice_size, beta)
-  n = int(lattice_size) ** 2
-  quadrature = (functools.partial(torus_grid, 24, 4) if n == 4 else None)
-  return LatticeTarget(torus_lib.Torus(n), lattice_size, beta, 2, quadrature,
-                       f'xy_L{lattice_size}')
-
-
-def o3_model(lattice_size: int, beta: float) -> LatticeTarget:
-  """O(3) non-linear sigma model u(s) = -β Σ_⟨ij⟩ sᵢ·sⱼ on (S²)^{L²}.
-
-  Points are unit vectors concatenated site by site, [..., 3L²]: the
-  manifold is `Power(Sphere(2), L²)`, which equals `Product([Sphere(2)] * L²)`
-  but runs each operation once on [..., L², 3], so graphs (and the traces of
-  solves and log-dets) do not grow with L².
-  """
-  _check_lattice(lattice_size, beta)
-  from tfp_ircpm.manifolds import power as power_lib  # pylint: disable=g-import-not-at-top
-  n = int(lattice_size) ** 2
-  manifold = power_lib.Power(sphere_lib.Sphere(2), n)
-  return LatticeTarget(manifold, lattice_size, beta, 3, None,
-                       f'o3_L{lattice_size}')
+__getattr__, __dir__ = _lazy.reexport(
+    globals(), 'tfp_ircpm.lattice.targets', ['LatticeTarget', '_check_lattice', 'o3_model',
+                            'xy_model'])

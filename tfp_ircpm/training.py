@@ -1,144 +1,35 @@
-"""Losses, metrics and a plain custom training loop.
+"""Training loops and the monitors that watch them.
 
-* `reverse_kl_loss`: Eq. 9, KL(q‖p) up to log Z, for a target known up to
-  its normaliser (Boltzmann generators): mean(log q(y) + u(y)), y ~ q.
-* `nll_loss`: forward KL / maximum likelihood for data: -mean log q(x). It
-  runs only the closed-form inverse and its log-det, never a solve.
-* `evaluate`: ESS and KL exactly as the paper and RCPM define them, on N
-  samples from q: w = p̃/q, ESS = (Σw)²/Σw²/N, KL = mean(log q − log p̃) +
-  log Z.
-* `train`: a `tf.function` Adam step in a Python loop with progress output.
+* `train`: a `tf.function` optimizer step in a Python loop, with progress
+  output, callbacks and an optional `tf.distribute` strategy.
+* `fit_reverse_kl` (Eq. 9 to a target energy) and `fit_nll` (maximum
+  likelihood with validation model selection) built on it.
+* `DiffeomorphismMonitor` and `ValidationMonitor`: callbacks that stop
+  training when the model stops being a bijection.
+
+The objectives are in `losses`, the quality measures in `metrics`; their
+names are re-exported here for code written against this module.
 """
 
 import time
 from typing import Callable, Dict, List, Optional
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
-from tfp_ircpm import logdet as logdet_lib
+from tfp_ircpm import flows
+from tfp_ircpm import losses
+from tfp_ircpm import metrics
 
 tfd = tfp.distributions
 
-
-def reverse_kl_loss(q: tfd.Distribution, target, batch_size: int,
-                    seed=None, logdet: str = 'auto') -> tf.Tensor:
-  """mean_{y~q}[log q(y) − log p̃(y)] = KL(q‖p) − log Z (Eq. 9).
-
-  `logdet`: 'exact', 'stochastic' or 'auto' (see `tfp_ircpm.logdet`: the
-  stochastic estimator, for IRCPM flows on high-dimensional tori, gives an
-  unbiased gradient but leaves the log-det out of the value).
-  """
-  if logdet_lib.uses_stochastic(q, logdet):
-    return logdet_lib.reverse_kl_loss(q, target, batch_size, seed=seed,
-                                      estimator='stochastic')
-  y, log_q = q.experimental_sample_and_log_prob(batch_size, seed=seed)
-  return tf.reduce_mean(log_q - tf.cast(target.unnormalized_log_prob(y),
-                                        log_q.dtype))
-
-
-def nll_loss(q: tfd.Distribution, data: tf.Tensor) -> tf.Tensor:
-  """-mean log q(x) over data points [N, ambient_dim]."""
-  return -tf.reduce_mean(q.log_prob(data))
-
-
-def ess_from_log_weights(log_w: tf.Tensor) -> tf.Tensor:
-  """(Σw)²/Σw²/N, computed stably from log-weights [N] (float64)."""
-  log_w = tf.cast(log_w, tf.float64)
-  n = tf.cast(tf.size(log_w), tf.float64)
-  return tf.exp(2. * tf.reduce_logsumexp(log_w)
-                - tf.reduce_logsumexp(2. * log_w)) / n
-
-
-def bridge_log_normalizer(log_w_q, log_w_p, tolerance: float = 1e-10,
-                          max_iterations: int = 200) -> float:
-  """log Z from log-weights log p̃ − log q on samples of both q and p.
-
-  Bennett's acceptance ratio (the optimal bridge of Meng & Wong 1996) for
-  Z = ∫p̃ against the normalised q. With w = p̃/q, k = log(N_p/N_q) and
-  σ the logistic function, log Z is the root c of
-
-      F(c) = Σ_{x~q} σ(log w(x) + k − c) − Σ_{x~p} σ(c − k − log w(x)),
-
-  the fixed point of Meng & Wong's iteration r ← mean_q[w/(s_p w + s_q r)]
-  / mean_p[1/(s_p w + s_q r)] written as an equation. F falls strictly
-  from N_q to −N_p, so the root exists and is unique for any finite
-  samples, and bisection finds it in ~60 halvings of a bracket. We solve
-  it that way rather than iterating the fixed point, whose contraction
-  rate tends to 1 as the overlap of q and p shrinks (at XY L = 16 it did
-  not converge in 1000 iterations). Poor overlap still makes the estimate
-  noisy; it no longer makes it fail.
-
-  Importance sampling from q alone (log mean_q w) is biased low and rests
-  on q's rare samples where p has mass q lacks; the bridge uses p's
-  samples there. Its value is what KL(p‖q) = mean_p log w − log Z needs,
-  and KL(p‖q) bounds the ESS of q's weights:
-  ESS → 1/E_p[w/Z] <= exp(−KL(p‖q)) (Jensen).
-
-  Args:
-    log_w_q: log p̃(x) − log q(x) at samples x ~ q, [N_q] (finite).
-    log_w_p: the same at samples x ~ p (e.g. long MCMC), [N_p] (finite).
-    tolerance: bracket width in log Z at which to stop.
-    max_iterations: cap on halvings; a ValueError if it is reached (only
-      for a tolerance below float64 resolution of the bracket).
-
-  Returns:
-    log Z (float).
-  """
-  a = np.asarray(log_w_q, np.float64)
-  b = np.asarray(log_w_p, np.float64)
-  if a.ndim != 1 or b.ndim != 1 or not (a.size and b.size):
-    raise ValueError('log_w_q and log_w_p must be non-empty vectors.')
-  if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-    raise ValueError('bridge_log_normalizer needs finite log-weights.')
-  k = np.log(b.size / a.size)
-  # F's sign is that of log Σ_q σ(·) − log Σ_p σ(·), evaluated with
-  # log σ(z) = −log(1 + e^{−z}): both sums can be far below 1e-16 when q
-  # and p barely overlap, where σ in linear space loses them to round-off.
-  log_sigmoid = lambda z: -np.logaddexp(0., -z)
-  residual = lambda c: (np.logaddexp.reduce(log_sigmoid(a + k - c))
-                        - np.logaddexp.reduce(log_sigmoid(c - k - b)))
-  # 40 nats beyond every weight, each logistic term is within e^-40 of
-  # its limit, so F(lo) ≈ N_q > 0 > −N_p ≈ F(hi).
-  lo = min(a.min(), b.min()) - abs(k) - 40.
-  hi = max(a.max(), b.max()) + abs(k) + 40.
-  for _ in range(max_iterations):
-    mid = 0.5 * (lo + hi)
-    if hi - lo < tolerance:
-      return float(mid)
-    if residual(mid) > 0.:
-      lo = mid
-    else:
-      hi = mid
-  raise ValueError(f'bridge_log_normalizer: bracket wider than {tolerance} '
-                   f'after {max_iterations} halvings.')
-
-
-def evaluate(q: tfd.Distribution, target, num_samples: int = 20000,
-             seed=None, batch_size: int = 5000) -> Dict[str, float]:
-  """ESS (fraction in (0, 1]) and KL(q‖p) in nats on `num_samples` samples.
-
-  KL adds the target's quadrature log-normaliser, so it is an absolute
-  estimate; ESS is invariant to it. Samples are drawn in batches.
-  """
-  seeds = tfp.random.split_seed(seed if seed is not None else 0,
-                                n=-(-num_samples // batch_size))
-  log_ws = []
-  done = 0
-  for s in tf.unstack(seeds):
-    n = min(batch_size, num_samples - done)
-    y, log_q = q.experimental_sample_and_log_prob(n, seed=s)
-    log_p = tf.cast(target.unnormalized_log_prob(y), tf.float64)
-    log_ws.append(log_p - tf.cast(log_q, tf.float64))
-    done += n
-  log_w = tf.concat(log_ws, 0)
-  finite = tf.reduce_all(tf.math.is_finite(log_w))
-  return dict(
-      ess=float(ess_from_log_weights(log_w)) if finite else float('nan'),
-      kl=float(-tf.reduce_mean(log_w)) + target.log_normalizer,
-      num_samples=int(num_samples))
+reverse_kl_loss = losses.reverse_kl_loss
+nll_loss = losses.nll_loss
+ess_from_log_weights = metrics.ess_from_log_weights
+bridge_log_normalizer = metrics.bridge_log_normalizer
+evaluate = metrics.evaluate
+batched_nll = metrics.batched_nll
 
 
 def train(loss_fn: Callable[[tf.Tensor], tf.Tensor],
@@ -280,37 +171,6 @@ def fit_and_evaluate(q: tfd.Distribution, target, steps: int,
               kl=metrics['kl'])
 
 
-def markdown_table(rows: List[Dict], columns: List[str]) -> str:
-  """A markdown table of dict rows over the given columns."""
-  def fmt(v):
-    return f'{v:.4g}' if isinstance(v, float) else str(v)
-  lines = ['| ' + ' | '.join(columns) + ' |',
-           '|' + '---|' * len(columns)]
-  lines += ['| ' + ' | '.join(fmt(r.get(c, '')) for c in columns) + ' |'
-            for r in rows]
-  return '\n'.join(lines)
-
-
-def batched_nll(q: tfd.Distribution, points, batch_size: int = 4096) -> float:
-  """-mean log q(x) over points [N, ambient_dim], in batches (float)."""
-  points = tf.convert_to_tensor(points, q.dtype)
-  n = int(points.shape[0])
-  total = 0.
-  for start in range(0, n, batch_size):
-    total += float(tf.reduce_sum(_log_prob_fn(q)(points[start:start +
-                                                        batch_size])))
-  return -total / n
-
-
-def _log_prob_fn(q: tfd.Distribution):
-  """q.log_prob as one tf.function per distribution (traced per shape)."""
-  fn = getattr(q, '_ircpm_log_prob_fn', None)
-  if fn is None:
-    fn = tf.function(q.log_prob, reduce_retracing=True)
-    q._ircpm_log_prob_fn = fn  # pylint: disable=protected-access
-  return fn
-
-
 def min_inverse_det(bijector, num_points: int = 4096, points=None,
                     dtype=tf.float32, seed: int = 0) -> float:
   """min det J_{f⁻¹} over every IRCPM link, at uniform (and given) points.
@@ -319,9 +179,8 @@ def min_inverse_det(bijector, num_points: int = 4096, points=None,
   everywhere makes each f⁻¹ = exp(grad ψ) a diffeomorphism (degree
   argument), so training can watch validity without running a solve.
   """
-  from tfp_ircpm import diagnostics  # pylint: disable=g-import-not-at-top
   worst = float('inf')
-  for k, link in enumerate(diagnostics._links(bijector)):  # pylint: disable=protected-access
+  for k, link in enumerate(flows.distinct(flows.bijector_layers(bijector))):
     x = link.manifold.uniform(dtype).sample(num_points, seed=(seed, k))
     if points is not None:
       x = tf.concat([x, tf.cast(points, dtype)], 0)
@@ -371,7 +230,7 @@ class ValidationMonitor:
                   validation_nll=batched_nll(self.q, self.validation,
                                              self.batch_size))
     # A bare base distribution (no bijector) has no map that could fold.
-    if self.validity_points and hasattr(self.q, 'bijector'):
+    if self.validity_points and flows.is_transformed(self.q):
       record['min_det'] = min_inverse_det(
           self.q.bijector, self.validity_points, self.validation,
           dtype=self.q.dtype, seed=step)
@@ -475,8 +334,7 @@ def fit_nll(q: tfd.Distribution, train_points, validation_points,
 
   links = []
   if fold_penalty:
-    from tfp_ircpm import diagnostics  # pylint: disable=g-import-not-at-top
-    links = diagnostics._links(q.bijector)  # pylint: disable=protected-access
+    links = flows.distinct(flows.bijector_layers(q.bijector))
 
   def loss_fn(s):
     if batch_size is None or batch_size >= n:
@@ -522,33 +380,22 @@ def ircpm_flow(manifold, num_layers: int, hidden_units=(64, 64),
                certified: bool = False, dtype=tf.float32,
                seed: int = 0, base: Optional[tfd.Distribution] = None,
                zero_output: bool = False) -> tfd.TransformedDistribution:
-  """q = (f_L ∘ … ∘ f_1)_# base: a stack of IRCPMs with MLP potentials.
+  """`flows.make_flow` with MLP potentials, under its former name.
 
-  With `shared`, one ψ serves every layer (the paper's S² model); otherwise
-  layer k has its own MLP seeded with 1000·seed + k. `base` defaults to the
-  manifold's uniform distribution; any base whose density is with respect
-  to the manifold's volume (e.g. `distributions.vmf_mixture`) works, and
-  with `zero_output` the stack starts as the identity on it (see
-  `potentials.MLP`).
+  Layer k's MLP is seeded 1000·seed + k, and the Chain lists layer 0
+  first, so layer L−1 acts first (as this function always built it).
   """
   from tfp_ircpm import potentials  # pylint: disable=g-import-not-at-top
-  from tfp_ircpm.bijectors import chain as ircpm_chain  # pylint: disable=g-import-not-at-top
-  from tfp_ircpm.bijectors import ircpm as ircpm_lib  # pylint: disable=g-import-not-at-top
   if num_layers < 1:
     raise ValueError(f'num_layers must be >= 1, got {num_layers}.')
-
-  def layer(k):
-    psi = potentials.MLP(manifold, hidden_units, output_scale=output_scale,
+  if shared:
+    return flows.make_flow(manifold, num_layers, base=base, share=True,
+                           hidden_units=hidden_units,
+                           output_scale=output_scale, certified=certified,
+                           zero_output=zero_output, dtype=dtype, seed=seed)
+  psis = [potentials.MLP(manifold, hidden_units, output_scale=output_scale,
                          dtype=dtype, seed=1000 * seed + k,
                          certified=certified, zero_output=zero_output,
-                         name=f'psi{k}')
-    return ircpm_lib.IRCPM(manifold, psi, name=f'ircpm{k}')
-
-  if shared:
-    bijectors = [layer(0)] * num_layers
-  else:
-    bijectors = [layer(k) for k in range(num_layers)]
-  if base is None:
-    base = manifold.uniform(dtype)
-  # ircpm Chain: correct over any base, including plain TFP spherical ones.
-  return tfd.TransformedDistribution(base, ircpm_chain.Chain(bijectors))
+                         name=f'psi{k}') for k in range(num_layers)]
+  return flows.make_flow(manifold, num_layers, potential=psis[::-1],
+                         base=base, dtype=dtype)

@@ -8,15 +8,14 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
-# Public TF has no way to pause every active tape (GradientTape.stop_recording
-# uses this same context for its own tape), nor to ask whether a tensor is
-# being differentiated in forward mode.
+# Public TF has no way to ask whether a tensor is being differentiated in
+# forward mode.
 from tensorflow.python.eager import forwardprop_util  # pylint: disable=g-direct-tensorflow-import
-from tensorflow.python.eager import record  # pylint: disable=g-direct-tensorflow-import
 
 from tfp_ircpm import _autodiff
 from tfp_ircpm import _linalg
 from tfp_ircpm import _xla
+from tfp_ircpm import derivatives
 from tfp_ircpm import potentials
 from tfp_ircpm import solvers
 from tfp_ircpm.bijectors import _cache
@@ -26,6 +25,11 @@ tfb = tfp.bijectors
 
 NONCONVERGENCE_POLICIES = ('warn', 'nan', 'ignore')
 FOLD_POLICIES = ('warn', 'nan', 'ignore')
+LINEAR_ALGEBRA = ('auto', 'dense', 'cg')
+# linear_algebra='auto' uses conjugate gradients above this many dimensions:
+# the dense back-end forms the dim × dim Hessian (dim reverse passes) and
+# factorises it at every Newton iteration.
+AUTO_DENSE_MAX_DIM = 16
 # Fixed uniform points at which every solve and log-det also evaluates
 # h(x, ·) (`solvers.suboptimal_points`), besides the batch's own points.
 DEFAULT_GLOBAL_CHECK_POINTS = 64
@@ -98,6 +102,12 @@ class IRCPM(tfb.Bijector):
     tolerance: solver tolerance on ‖grad_y h‖; default 1e-5 (float32) or
       1e-10 (float64).
     max_iterations: solver cap; default 50 (Newton) or 1000 (gradient).
+    linear_algebra: the Newton solve's and the IFT step's back-end: 'dense'
+      (the dim × dim Hessian and Cholesky), 'cg' (conjugate gradients on
+      Hessian-vector products: no matrix, for lattices) or 'auto' (dense up
+      to `AUTO_DENSE_MAX_DIM` dimensions). Log-dets are exact either way;
+      the losses can select a stochastic estimator
+      (`losses.reverse_kl_loss(estimator=...)`).
     nonconvergence: what `forward` does with points whose solve missed the
       tolerance when `validate_args=False`: 'warn' (default; prints a
       warning to stderr), 'nan' (those outputs become NaN, so nothing
@@ -130,6 +140,7 @@ class IRCPM(tfb.Bijector):
                max_iterations: Optional[int] = None,
                nonconvergence: str = 'warn',
                fold: str = 'warn',
+               linear_algebra: str = 'auto',
                global_check_points: int = DEFAULT_GLOBAL_CHECK_POINTS,
                validate_args: bool = False,
                name: str = 'ircpm'):
@@ -145,6 +156,13 @@ class IRCPM(tfb.Bijector):
           f'nonconvergence must be one of {NONCONVERGENCE_POLICIES}.')
     if fold not in FOLD_POLICIES:
       raise ValueError(f'fold must be one of {FOLD_POLICIES}.')
+    if linear_algebra not in LINEAR_ALGEBRA:
+      raise ValueError(f'linear_algebra must be one of {LINEAR_ALGEBRA}.')
+    if linear_algebra == 'auto':
+      linear_algebra = ('dense' if manifold.dim <= AUTO_DENSE_MAX_DIM
+                        or method != 'newton' else 'cg')
+    if linear_algebra == 'cg' and method != 'newton':
+      raise ValueError("linear_algebra='cg' needs method='newton'.")
     if int(global_check_points) < 0:
       raise ValueError('global_check_points must be >= 0.')
     _build_keras_potential(potential, manifold)
@@ -165,6 +183,7 @@ class IRCPM(tfb.Bijector):
       self._max_iterations = max_iterations
       self._nonconvergence = nonconvergence
       self._fold = fold
+      self._linear_algebra = linear_algebra
       self._candidates = _fixed_candidates(manifold, int(global_check_points))
       self._cache_state = _cache.StateTracker(self._potential_variables)
       # The solve and the log-det run as tf.functions in every mode. Traced
@@ -214,6 +233,11 @@ class IRCPM(tfb.Bijector):
   def max_iterations(self) -> Optional[int]:
     """The solve's iteration cap; None: 50 (Newton) / 1000 (gradient)."""
     return self._max_iterations
+
+  @property
+  def linear_algebra(self) -> str:
+    """'dense' or 'cg' (what 'auto' resolved to)."""
+    return self._linear_algebra
 
   @property
   def nonconvergence(self) -> str:
@@ -302,7 +326,8 @@ class IRCPM(tfb.Bijector):
     return solvers.solve(self._manifold, self._potential, x,
                          method=self._method, tolerance=self._tolerance,
                          max_iterations=self._max_iterations,
-                         candidates=self._candidates_like(x.dtype))
+                         candidates=self._candidates_like(x.dtype),
+                         linear_algebra=self._linear_algebra)
 
   def _solve_any_mode(self, x_flat):
     """The solve, with no gradient path into its iterations in any mode.
@@ -311,35 +336,20 @@ class IRCPM(tfb.Bijector):
     inside), so no tape records the while-loop or builds a backward function
     for it; stop_gradient on the outputs makes that explicit.
     """
-    x_flat = tf.stop_gradient(x_flat)
-    with record.stop_recording():
-      result = self._solve_fn(x_flat)
-    return tf.nest.map_structure(tf.stop_gradient, result)
-
-  def _potential_and_gradient(self, y):
-    """(ψ(y) [...], grad ψ(y) = P_y ∇ψ(y) [..., ambient]); nested tapes."""
-    with tf.GradientTape() as tape:
-      tape.watch(y)
-      psi = solvers.call_potential(self._potential, y)
-    g = tape.gradient(psi, y, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return psi, self._manifold.proju(y, g)
+    result = _autodiff.without_tapes(self._solve_fn, tf.stop_gradient(x_flat))
+    return result._replace(**{k: tf.stop_gradient(v)
+                              for k, v in result._asdict().items()
+                              if v is not None})
 
   def riemannian_grad_potential(self, y: tf.Tensor) -> tf.Tensor:
     """grad ψ(y) = P_y ∇ψ(y), [..., ambient_dim]; differentiable (nested tapes)."""
-    return self._potential_and_gradient(y)[1]
+    return derivatives.ambient_gradient(
+        self._manifold, lambda z: derivatives.call_potential(self._potential,
+                                                             z), y)
 
   def _inverse_flat(self, y):
-    """exp_y(grad ψ(y)) [N, ambient]; NaN where ψ(y) is not finite.
-
-    A NaN region of ψ written with tf.where has a zero gradient there, so
-    without the mask it would look flat and map y to itself.
-    """
-    m = self._manifold
-    y = m.projx(y)
-    psi, grad = self._potential_and_gradient(y)
-    x = m.projx(m.expmap(y, grad))
-    return tf.where(tf.math.is_finite(psi)[..., tf.newaxis], x,
-                    tf.constant(float('nan'), x.dtype))
+    """exp_y(grad ψ(y)) [N, ambient]; NaN where ψ(y) is not finite."""
+    return derivatives.inverse_map(self._manifold, self._potential, y)[0]
 
   # -- failure policies --------------------------------------------------------
 
@@ -385,7 +395,8 @@ class IRCPM(tfb.Bijector):
     missed = ~result.converged & finite
     y = self._apply_policy(
         y, missed, self._nonconvergence,
-        [f'{self.name}: the c-transform solve missed its tolerance at',
+        [f'{self.name}: the c-transform solve did not reach its tolerance '
+         'everywhere: it missed its tolerance at',
          _count(missed), 'points (psi may violate the bounds of Lemmas '
          '3-4, or max_iterations is too small). Worst residual:',
          tf.reduce_max(tf.where(missed, result.residual,
@@ -456,10 +467,13 @@ class IRCPM(tfb.Bijector):
           iterations=tf.reshape(r.iterations, batch),
           residual=tf.reshape(r.residual, batch),
           converged=tf.reshape(r.converged, batch),
-          hessian=tf.reshape(r.hessian, tf.concat([batch, [d, d]], 0)),
-          gradient=tf.reshape(r.gradient, tf.concat([batch, [d]], 0)),
+          hessian=(None if r.hessian is None else
+                   tf.reshape(r.hessian, tf.concat([batch, [d, d]], 0))),
+          gradient=(None if r.gradient is None else
+                    tf.reshape(r.gradient, tf.concat([batch, [d]], 0))),
           value=tf.reshape(r.value, batch),
-          suboptimal=tf.reshape(r.suboptimal, batch))
+          suboptimal=tf.reshape(r.suboptimal, batch),
+          hvps=r.hvps)
 
   # -- Bijector hooks ----------------------------------------------------------
 
@@ -471,18 +485,44 @@ class IRCPM(tfb.Bijector):
     self._refuse_forward_mode(x)
     with _cache.read_only_ops():
       x_flat, shape = self._flatten_points(x)
-      x_flat = self._manifold.projx(x_flat)
-      result = self._solve_any_mode(x_flat)
-      y = solvers.lazy_implicit_step(self._manifold, self._potential, x_flat,
-                                     result)
-      y = self._check_forward(y, result)
-      ildj = self._solve_log_det(x_flat, y, result)
+      y, ildj, _ = self._forward_flat(x_flat)
       attrs = None
       if ildj is not None:
-        # Rows whose output a policy turned into NaN get a NaN log-det.
-        ildj = _nan_rows(ildj, tf.reduce_any(tf.math.is_nan(y), axis=-1))
         attrs = {'ildj': tf.reshape(ildj, shape[:-1])}
       return tf.reshape(y, shape), attrs
+
+  def _forward_flat(self, x_flat):
+    """(y [N, A], ildj at y [N] or None, SolveResult) under the policies."""
+    x_flat = self._manifold.projx(x_flat)
+    result = self._solve_any_mode(x_flat)
+    if self._linear_algebra == 'cg':
+      y = solvers.cg_implicit_step(self._manifold, self._potential, x_flat,
+                                   result)
+    else:
+      y = solvers.lazy_implicit_step(self._manifold, self._potential, x_flat,
+                                     result)
+    y = self._check_forward(y, result)
+    ildj = self._solve_log_det(x_flat, y, result)
+    if ildj is not None:
+      # Rows whose output a policy turned into NaN get a NaN log-det.
+      ildj = _nan_rows(ildj, tf.reduce_any(tf.math.is_nan(y), axis=-1))
+    return y, ildj, result
+
+  def forward_with_result(self, x: tf.Tensor):
+    """(f(x) [..., ambient], the solve's `SolveResult` [...]) from one solve.
+
+    The same value, gradients and failure policies as `forward`, for code
+    that also needs the solve's flags (e.g. a loss that drops samples whose
+    solve failed: `result.converged & ~result.suboptimal`). The result's
+    fields are flattened to [N, ...]; it bypasses the bijector cache.
+    """
+    self._check_dtype(x)
+    self._refuse_forward_mode(x)
+    with tf.name_scope(f'{self.name}/forward_with_result'):
+      with _cache.read_only_ops():
+        x_flat, shape = self._flatten_points(x)
+        y, _, result = self._forward_flat(x_flat)
+        return tf.reshape(y, shape), result
 
   def _augmented_inverse(self, y):
     return self._inverse(y), None
@@ -509,7 +549,7 @@ class IRCPM(tfb.Bijector):
     Keras model). Plain callables, and batches where some solve failed (H is
     then not the Hessian at a minimiser), use the closed-form route.
     """
-    if not isinstance(self._potential, tf.Module):
+    if not isinstance(self._potential, tf.Module) or result.hessian is None:
       return None
     correction = self._manifold.log_det_dexp(x_flat, result.point)
     if correction is None:
@@ -571,7 +611,8 @@ class IRCPM(tfb.Bijector):
     sign, ildj = _linalg.slogdet(jac)
     sign = sign * m.frame_orientation(x) * m.frame_orientation(y_flat)
     x, y_stop = tf.stop_gradient(x), tf.stop_gradient(y_flat)
-    psi = tf.stop_gradient(solvers.call_potential(self._potential, y_stop))
+    psi = tf.stop_gradient(derivatives.call_potential(self._potential,
+                                                      y_stop))
     outside = solvers.suboptimal_points(m, self._potential, x, y_stop, psi,
                                         self._candidates_like(y_flat.dtype))
     return _LogDet(ildj=ildj, sign=tf.stop_gradient(sign),

@@ -6,6 +6,7 @@ from typing import List
 import tensorflow as tf
 
 from tfp_ircpm import distributions as ircpm_distributions
+from tfp_ircpm import tolerances
 from tfp_ircpm.manifolds import _series
 from tfp_ircpm.manifolds import base
 
@@ -173,7 +174,7 @@ class Sphere(base.Manifold):
   def membership_assertions(self, x) -> List[tf.Operation]:
     ops = self._check_event_size(x, repr(self))
     ops += self._finite_assertions(x, repr(self))
-    atol = 1e-4 if x.dtype in (tf.float16, tf.bfloat16, tf.float32) else 1e-8
+    atol = tolerances.for_dtype(x.dtype).membership
     norm = tf.norm(x, axis=-1)
     ops.append(tf.debugging.assert_near(
         norm, tf.ones_like(norm), atol=atol, rtol=0.,

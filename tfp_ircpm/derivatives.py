@@ -1,0 +1,196 @@
+"""h(x, y) = ½d(x, y)² + ψ(y) and its derivatives on the manifold (Sec. 4.2).
+
+The one place where the c-transform's objective is differentiated. Every
+derivative is taken through a pull-back to a vector space at y, and exp is
+a second-order retraction, so the derivatives at 0 are the Riemannian ones:
+
+* in frame coordinates, v ↦ f(exp_y(E_y v)) for v ∈ R^dim: value, gradient
+  [N, dim] and Hessian [N, dim, dim] (`frame_derivatives`, for the dense
+  Newton solve, the IFT step, the bound check);
+* in ambient coordinates, w ↦ f(exp_y(P_y w)) for w ∈ R^ambient:
+  gradients and Hessian-vector products [N, ambient] on T_y
+  (`ambient_gradient`, `hvp`, for conjugate gradients and the stochastic
+  log-det), where no dim × dim matrix is ever formed.
+
+Two modes. With tapes (default) the results are differentiable again, in x,
+y and ψ's variables (the IFT step and the log-det surrogates need that).
+With `symbolic=True` they use `tf.gradients` while tracing, which needs no
+tape: the solvers run with every tape paused (`_autodiff.without_tapes`),
+and eagerly a tape is used.
+"""
+
+from typing import Callable, Optional, Tuple
+
+import tensorflow as tf
+
+from tfp_ircpm import _autodiff
+from tfp_ircpm.manifolds import base
+
+Potential = Callable[[tf.Tensor], tf.Tensor]
+Function = Callable[[tf.Tensor], tf.Tensor]
+
+_ZERO = tf.UnconnectedGradients.ZERO
+
+
+def call_potential(potential: Potential, y: tf.Tensor) -> tf.Tensor:
+  """ψ(y) with shape [...] for points [..., ambient_dim].
+
+  Accepts potentials returning [..., 1] (Keras models). Any other static
+  shape is an error, as is a float dtype other than y's (a float32 Keras
+  model fed float64 points would otherwise lose precision silently).
+  """
+  out = tf.convert_to_tensor(potential(y))
+  batch = y.shape[:-1]
+  if out.shape.rank is not None and out.shape.rank == y.shape.rank and (
+      tf.compat.dimension_value(out.shape[-1]) == 1):
+    out = tf.squeeze(out, axis=-1)
+  if out.shape.rank is not None and batch.rank is not None and not (
+      out.shape.is_compatible_with(batch)):
+    raise ValueError(
+        f'The potential must map points {y.shape} to values {batch} (or '
+        f'{batch + [1]}); it returned shape {out.shape}.')
+  if out.dtype != y.dtype:
+    raise TypeError(
+        f'The potential returned {out.dtype.name} values for {y.dtype.name} '
+        'points; make it compute in the points\' dtype (potentials.MLP does) '
+        'or pass points of its dtype.')
+  return out
+
+
+def cost(manifold: base.Manifold, potential: Potential, x: tf.Tensor,
+         y: tf.Tensor) -> tf.Tensor:
+  """h(x, y) = ½ d(x, y)² + ψ(y), shape [...] (Eq. 2)."""
+  return 0.5 * manifold.sq_dist(x, y) + call_potential(potential, y)
+
+
+def cost_fn(manifold: base.Manifold, potential: Potential,
+            x: tf.Tensor) -> Function:
+  """y ↦ h(x, y)."""
+  return lambda y: cost(manifold, potential, x, y)
+
+
+def gradient(fn: Function, v: tf.Tensor, symbolic: bool = False) -> tf.Tensor:
+  """∇_v Σ fn(v), shaped like v.
+
+  `symbolic`: use `tf.gradients` while tracing (no tape needed).
+  """
+  if symbolic and not tf.executing_eagerly():
+    return tf.gradients(fn(v), v, unconnected_gradients=_ZERO)[0]
+  with tf.GradientTape() as tape:
+    tape.watch(v)
+    value = fn(v)
+  return tape.gradient(value, v, unconnected_gradients=_ZERO)
+
+
+def frame_derivatives(manifold: base.Manifold, fn: Function, y: tf.Tensor,
+                      with_hessian: bool = True,
+                      frame: Optional[tf.Tensor] = None,
+                      symbolic: bool = False
+                      ) -> Tuple[tf.Tensor, tf.Tensor, Optional[tf.Tensor],
+                                 tf.Tensor]:
+  """Value, gradient and Hessian of v ↦ fn(exp_y(E_y v)) at v = 0.
+
+  Args:
+    fn: points [N, ambient] → [N].
+    y: [N, ambient_dim].
+    with_hessian: also return the Hessian.
+    frame: E_y, [N, ambient_dim, dim]; computed from y when omitted.
+    symbolic: `tf.gradients` instead of tapes while tracing.
+
+  Returns:
+    (value [N], gradient [N, dim], Hessian [N, dim, dim] or None,
+    E_y [N, ambient, dim]).
+  """
+  if frame is None:
+    frame = manifold.tangent_frame(y)
+  v = tf.zeros(tf.stack([tf.shape(y)[0], manifold.dim]), dtype=y.dtype)
+
+  def pulled_back(w):
+    return fn(manifold.expmap(y, tf.linalg.matvec(frame, w)))
+
+  if symbolic and not tf.executing_eagerly():
+    value = pulled_back(v)
+    g = tf.gradients(value, v, unconnected_gradients=_ZERO)[0]
+    hess = None
+    if with_hessian:
+      rows = [tf.gradients(gk, v, unconnected_gradients=_ZERO)[0]
+              for gk in tf.unstack(g, num=manifold.dim, axis=1)]
+      hess = tf.stack(rows, axis=1)
+    return value, g, hess, frame
+
+  def value_and_gradient():
+    with tf.GradientTape() as inner:
+      inner.watch(v)
+      value = pulled_back(v)
+    return value, inner.gradient(value, v, unconnected_gradients=_ZERO)
+
+  if not with_hessian:
+    value, g = value_and_gradient()
+    return value, g, None, frame
+  with tf.GradientTape(persistent=True) as outer:
+    outer.watch(v)
+    value, g = value_and_gradient()
+  return value, g, _autodiff.batch_jacobian(outer, g, v), frame
+
+
+def local_derivatives(manifold: base.Manifold, potential: Potential,
+                      x: tf.Tensor, y: tf.Tensor, with_hessian: bool = True,
+                      frame: Optional[tf.Tensor] = None,
+                      symbolic: bool = False):
+  """`frame_derivatives` of h(x, ·) at y: (h, grad_y h, Hess_y h, E_y)."""
+  return frame_derivatives(manifold, cost_fn(manifold, potential, x), y,
+                           with_hessian=with_hessian, frame=frame,
+                           symbolic=symbolic)
+
+
+def _ambient_pullback(manifold: base.Manifold, fn: Function,
+                      y: tf.Tensor) -> Function:
+  return lambda w: fn(manifold.expmap(y, manifold.proju(y, w)))
+
+
+def ambient_gradient(manifold: base.Manifold, fn: Function, y: tf.Tensor,
+                     symbolic: bool = False) -> tf.Tensor:
+  """grad fn(y) = P_y ∇fn(y) [N, ambient], via w ↦ fn(exp_y(P_y w))."""
+  return gradient(_ambient_pullback(manifold, fn, y), tf.zeros_like(y),
+                  symbolic)
+
+
+def hvp(manifold: base.Manifold, fn: Function, y: tf.Tensor, u: tf.Tensor,
+        symbolic: bool = False, identity_on_normals: bool = False
+        ) -> tf.Tensor:
+  """P Hess fn(y) P u [N, ambient], the Riemannian Hessian on T_y applied to u.
+
+  The Hessian at w = 0 of w ↦ fn(exp_y(P_y w)): two reverse passes, no
+  dim × dim matrix. With tapes it is differentiable in y, u and whatever fn
+  depends on. `identity_on_normals` adds (I − P_y) u, which makes the
+  operator invertible on R^ambient so that conjugate gradients can run there.
+  """
+  pulled_back = _ambient_pullback(manifold, fn, y)
+  w = tf.zeros_like(y)
+  out = gradient(
+      lambda z: tf.reduce_sum(gradient(pulled_back, z, symbolic) * u, -1),
+      w, symbolic)
+  if identity_on_normals:
+    out = out + (u - manifold.proju(y, u))
+  return out
+
+
+def inverse_map(manifold: base.Manifold, potential: Potential,
+                y: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+  """(x = f⁻¹(y) = exp_y(grad ψ(y)) [N, ambient], ψ(y) [N]).
+
+  The optimality condition −log_y(x) + grad ψ(y) = 0 of the c-transform
+  solve, solved for x in closed form; differentiable in y and ψ's
+  variables (nested tapes). x is NaN where ψ(y) is not finite: a NaN region
+  of ψ written with tf.where has a zero gradient there, so without the mask
+  it would look flat and map y to itself.
+  """
+  y = manifold.projx(y)
+  with tf.GradientTape() as tape:
+    tape.watch(y)
+    psi = call_potential(potential, y)
+  grad = manifold.proju(y, tape.gradient(psi, y, unconnected_gradients=_ZERO))
+  x = manifold.projx(manifold.expmap(y, grad))
+  x = tf.where(tf.math.is_finite(psi)[..., tf.newaxis], x,
+               tf.constant(float('nan'), x.dtype))
+  return x, psi
