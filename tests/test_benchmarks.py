@@ -24,6 +24,9 @@ def _positive_finite(v):
   return isinstance(v, float) and math.isfinite(v) and v > 0
 
 
+# A second TF process that traces the benchmark models (~40 s, and a few GB
+# beside the test workers): benchmarks run outside CI, and so does this.
+@pytest.mark.slow
 def test_quick_subset_writes_expected_keys(tmp_path):
   out = tmp_path / 'bench.json'
   env = dict(os.environ, PYTHONPATH=str(ROOT))

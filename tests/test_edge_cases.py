@@ -15,7 +15,7 @@ from conftest import make_bijector
 M = ircpm.manifolds
 SPHERE = M.Sphere(2)
 TORUS = M.Torus(2)
-SETTINGS = settings(max_examples=25, deadline=None)
+SETTINGS = settings(max_examples=12, deadline=None)
 _BIJ = {}
 
 

@@ -357,8 +357,10 @@ def log_prob_surrogate(q: tfd.TransformedDistribution, y: tf.Tensor,
 def uses_stochastic(q: tfd.Distribution, estimator: str = 'auto') -> bool:
   """Whether `estimator` resolves to the stochastic log-det for q.
 
-  'auto' is stochastic only for IRCPM flows on tori of dimension above
-  `AUTO_EXACT_MAX_DIM`; 'stochastic' on anything else is a ValueError.
+  'auto' is stochastic for IRCPM flows of dimension above
+  `AUTO_EXACT_MAX_DIM` on manifolds with the symmetric form of Eq. 4
+  (`choose_estimator`: tori, spheres, their products and powers);
+  'stochastic' where that form is missing is a ValueError.
   """
   if estimator not in ESTIMATORS:
     raise ValueError(f'estimator must be one of {ESTIMATORS}, got '

@@ -126,6 +126,8 @@ def evaluate(q: tfd.Distribution, target, num_samples: int = 20000,
 
 
 # One traced log_prob per distribution, kept beside it rather than on it.
+# The function holds q only weakly: a value that referenced its own key
+# would keep both alive for the life of the process.
 _LOG_PROB_FNS = weakref.WeakKeyDictionary()
 
 
@@ -133,7 +135,12 @@ def log_prob_fn(q: tfd.Distribution):
   """q.log_prob as one tf.function per distribution (traced per shape)."""
   fn = _LOG_PROB_FNS.get(q)
   if fn is None:
-    fn = _LOG_PROB_FNS[q] = tf.function(q.log_prob, reduce_retracing=True)
+    q_ref = weakref.ref(q)
+
+    def log_prob(x):
+      return q_ref().log_prob(x)
+
+    fn = _LOG_PROB_FNS[q] = tf.function(log_prob, reduce_retracing=True)
   return fn
 
 

@@ -220,12 +220,18 @@ class MLP(tf.Module):
     if self._targets is None:                       # adaptive λ (curved)
       k = float(self.manifold.sectional_curvature_bound)
       rk = math.sqrt(k)           # 1 on the unit sphere: Sec. 4.3 as written
-      c = _MARGIN * tf.atan(2. * rk * grad_bound / hess_bound) / (
-          2. * rk * grad_bound)
+      # G = 0 only for ψ ≡ 0 (H >= G), e.g. zero_output=True at the start:
+      # every bound holds and c = 1, the limit of the formula as G -> 0 with
+      # H small. The safe denominators keep the unused branch's gradient
+      # finite.
+      positive = grad_bound > 0.
+      g = tf.where(positive, grad_bound, one)
+      h = tf.where(positive, hess_bound, one)
+      c = _MARGIN * tf.atan(2. * rk * g / h) / (2. * rk * g)
       inj = float(self.manifold.injectivity_radius)
       if inj < math.pi / (2. * math.sqrt(k)):
-        c = tf.minimum(c, _MARGIN * inj / (2. * grad_bound))
-      return tf.minimum(one, c)
+        c = tf.minimum(c, _MARGIN * inj / (2. * g))
+      return tf.where(positive, tf.minimum(one, c), one)
     g_target, h_target = self._targets
     return tf.minimum(one, tf.minimum(g_target / grad_bound,
                                       h_target / hess_bound))
