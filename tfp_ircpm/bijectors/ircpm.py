@@ -193,20 +193,11 @@ class IRCPM(tfb.Bijector):
       # calls in the caller's graph: inlined, a 3-link chain hands grappler
       # six copies of the solver loop (measured: 14 s to first run instead
       # of 4 s for sample + sample_and_log_prob on S²).
-      # With ψ's dtype known, both are traced once with the batch dimension
-      # unknown, so a new batch size reuses the trace (tracing the solve and
-      # the log-det takes seconds); otherwise the second shape relaxes it.
       no_inline = {'_noinline': True}
-      dtype = self._potential_dtype()
-      signature = (None if dtype is None else
-                   [tf.TensorSpec([None, manifold.ambient_dim], dtype)])
-      self._solve_fn = tf.function(self._solve_flat,
-                                   input_signature=signature,
-                                   reduce_retracing=signature is None,
+      self._solve_fn = tf.function(self._solve_flat, reduce_retracing=True,
                                    experimental_attributes=no_inline)
       self._log_det_fn = tf.function(self._log_det_flat,
-                                     input_signature=signature,
-                                     reduce_retracing=signature is None,
+                                     reduce_retracing=True,
                                      experimental_attributes=no_inline)
       super().__init__(
           forward_min_event_ndims=1,
