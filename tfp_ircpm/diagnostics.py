@@ -26,7 +26,6 @@ import tensorflow_probability as tfp
 from tfp_ircpm import bounds
 from tfp_ircpm import flows
 from tfp_ircpm import tolerances
-from tfp_ircpm.bijectors import ircpm as ircpm_lib
 
 tfb = tfp.bijectors
 
@@ -64,11 +63,6 @@ class DiffeomorphismReport(NamedTuple):
             f'{self.all_converged}; global minimisers: {self.all_global}')
 
 
-def _links(bijector) -> List[ircpm_lib.IRCPM]:
-  """The distinct IRCPMs of a bijector (an IRCPM or a Chain of them)."""
-  return flows.distinct(flows.bijector_layers(bijector))
-
-
 def check_diffeomorphism(bijector,
                          num_points: int = 100000,
                          points: Optional[tf.Tensor] = None,
@@ -93,7 +87,7 @@ def check_diffeomorphism(bijector,
     batch_size: points per batch.
     seed: sampling seed.
   """
-  links = _links(bijector)
+  links = flows.distinct(flows.bijector_layers(bijector))
   if dtype is None:
     dtype = next((l.dtype for l in links if l.dtype is not None), tf.float32)
   tol = roundtrip_tolerance or tolerances.for_dtype(dtype).round_trip

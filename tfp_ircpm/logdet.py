@@ -48,22 +48,12 @@ ESTIMATORS = ('auto', 'exact', 'stochastic')
 AUTO_EXACT_MAX_DIM = 16
 
 
-def _has_symmetric_form(manifold: base.Manifold) -> bool:
-  """Whether log det J_{f⁻¹} = log det H + log det d exp is available.
-
-  It needs `Manifold.log_det_dexp` in closed form (tori, spheres, and their
-  products and powers: `Manifold.has_closed_form_log_det_dexp`); see
-  `logdet_surrogate`.
-  """
-  return manifold.has_closed_form_log_det_dexp
-
-
 def choose_estimator(manifold: base.Manifold, estimator: str = 'auto') -> str:
   """'exact' or 'stochastic' for `manifold`; validates the choice."""
   if estimator not in ESTIMATORS:
     raise ValueError(f'estimator must be one of {ESTIMATORS}, got '
                      f'{estimator!r}.')
-  supported = _has_symmetric_form(manifold)
+  supported = manifold.has_closed_form_log_det_dexp
   if estimator == 'auto':
     high = manifold.dim > AUTO_EXACT_MAX_DIM
     return 'stochastic' if supported and high else 'exact'
@@ -90,11 +80,6 @@ def hessian_vector_product(manifold: base.Manifold, potential, x: tf.Tensor,
   """
   return derivatives.hvp(manifold, derivatives.cost_fn(manifold, potential, x),
                          y, v)
-
-
-def _inverse(manifold: base.Manifold, potential, y: tf.Tensor) -> tf.Tensor:
-  """x = f⁻¹(y) [N, ambient] (`derivatives.inverse_map`)."""
-  return derivatives.inverse_map(manifold, potential, y)[0]
 
 
 def logdet_surrogate(manifold: base.Manifold, potential, y: tf.Tensor,
@@ -137,7 +122,7 @@ def logdet_surrogate(manifold: base.Manifold, potential, y: tf.Tensor,
   probes = tf.cast(probes, y.dtype)
   num_probes = tf.shape(probes)[0]
   a = manifold.ambient_dim
-  x = _inverse(manifold, potential, y)
+  x = derivatives.inverse_map(manifold, potential, y)[0]
   tile = lambda t: tf.reshape(tf.tile(t[tf.newaxis], [num_probes, 1, 1]),
                               [-1, a])
   x_rep, y_rep = tile(x), tile(y)
@@ -240,11 +225,11 @@ def min_hessian_eigenvalue(manifold: base.Manifold, potential, y: tf.Tensor,
   Returns:
     [N] estimates of λ_min(H).
   """
-  if not _has_symmetric_form(manifold):
+  if not manifold.has_closed_form_log_det_dexp:
     raise ValueError(f'min_hessian_eigenvalue needs log det d(exp) in closed '
                      f'form (Manifold.log_det_dexp); got {manifold!r}.')
   y = tf.convert_to_tensor(y)
-  x = _inverse(manifold, potential, y)
+  x = derivatives.inverse_map(manifold, potential, y)[0]
   x_stop, y_stop = tf.stop_gradient(x), tf.stop_gradient(y)
   # Symbolic HVPs: tapes are paused for the iteration. The operator is H on
   # T_y and the identity on normals; iterates stay tangent.
@@ -350,7 +335,7 @@ def log_prob_surrogate(q: tfd.TransformedDistribution, y: tf.Tensor,
   for i, layer in reversed(list(enumerate(layers))):
     probes = rademacher_probes(num_probes, tf.shape(y), y.dtype, seeds[i])
     total += logdet_surrogate(layer.manifold, layer.potential, y, probes)
-    y = _inverse(layer.manifold, layer.potential, y)
+    y = derivatives.inverse_map(layer.manifold, layer.potential, y)[0]
   return total + tf.cast(base_dist.log_prob(y), y.dtype)
 
 
