@@ -263,6 +263,189 @@ class MLP(tf.Module):
     return tf.reshape(out, batch_shape)
 
 
+def well_concavity(concentration):
+  """m(κ) = (2 + 1/κ) exp(−(3κ + 1)/(2κ + 1)): −a·m(κ) bounds Hess below for
+  one `Wells` well of curvature a (see `Wells`). numpy or TF input."""
+  k = concentration
+  exp = np.exp if isinstance(k, (float, np.ndarray, np.floating)) else tf.exp
+  return (2. + 1. / k) * exp(-(3. * k + 1.) / (2. * k + 1.))
+
+
+def _wells_budget(manifold: base.Manifold, min_concentration: float) -> float:
+  """The largest curvature budget A that `Wells` certifies (Lemma 4).
+
+  With Σ_i a_i m(κ_i) <= A, Hess ψ ⪰ −A and ‖grad ψ‖ <= c₀ A, c₀ =
+  1/(m(κ_min) √(e κ_min)) (the largest ‖grad‖/(a m) of one well for κ >=
+  κ_min >= 1). Lemma 4 needs ‖grad ψ‖ < λ/2 and Hess ψ ≻ −η(λ) for one
+  admissible λ (`certified_targets`, 2% margin on both), so
+  A = max_λ min(G*(λ)/c₀, H*(λ)), searched on a grid of λ.
+  """
+  k, lam_max = _lemma4_constants(manifold)
+  del k
+  c0 = 1. / (well_concavity(float(min_concentration))
+             * math.sqrt(math.e * min_concentration))
+  best = 0.
+  for lam in np.linspace(lam_max / 400., lam_max * (1. - 1. / 400.), 400):
+    g, h = certified_targets(manifold, float(lam))
+    best = max(best, min(g / c0, h))
+  return best
+
+
+class Wells(tf.Module):
+  r"""ψ(x) = −Σ_i (a_i/κ_i) exp(−κ_i ½|φ(x) − φ(c_i)|²): sharp convex wells.
+
+  A sum of M von Mises kernels with learnable centres c_i ∈ M,
+  concentrations κ_i >= κ_min >= 1 and curvatures a_i >= 0, on manifolds
+  whose embedding φ is a product of unit spheres (`Manifold.
+  unit_sphere_embedding`: Sⁿ, Tⁿ, their products and powers). Each well is
+  a minimum of ψ with Hess ψ(c_i) = a_i I. Under f⁻¹(y) = exp_y(grad ψ(y))
+  it pulls mass in: near c_i, det J_{f⁻¹} ≈ (1 + a_i)^n, so one layer
+  multiplies the density at a data point by up to (1 + a)^n, on a length
+  scale 1/√κ_i that smooth MLP potentials (which move mass on the scale of
+  a radian) cannot reach. Maximum likelihood needs no solve, and the only hard constraint
+  is det J_{f⁻¹} > 0: a lower bound on Hess ψ (Lemma 4's positive
+  definiteness of H_c + Hess ψ); the positive curvature at the wells is
+  unbounded.
+
+  Derivation of the bound. With r_f the geodesic distance from c in the
+  unit-sphere factor f, ½|φ(x) − φ(c)|² = Σ_f (1 − cos r_f) =: g, and
+  Hess_f(1 − cos r_f) = cos r_f · I_f on Sⁿ and S¹ alike (F(r) = 1 − cos r
+  has F'' = cos r and F' cot r = cos r). For one well ψ = −(a/κ) e^{−κg},
+    grad ψ = a e^{−κg} ∇g,   Hess ψ = a e^{−κg} (diag_f(cos r_f I_f) − κ ∇g∇gᵀ),
+  with |∇g|² = Σ_f sin² r_f. Put u = Σ_f sin²(r_f/2), so g = 2u,
+  cos r_f >= 1 − 2u and Σ_f sin² r_f <= 4u. Then
+    λ_min(Hess ψ) >= a e^{−2κu} (1 − (2 + 4κ) u) >= −a m(κ),
+    m(κ) = (2 + 1/κ) exp(−(3κ + 1)/(2κ + 1))   (`well_concavity`),
+  the minimum over u >= 0 (at u* = (3κ + 1)/(2κ(2κ + 1))): m(1) = 0.79,
+  m(∞) = 2e^{−3/2} = 0.446, the concave skirt at r ≈ √(3/κ). Likewise
+  ‖grad ψ‖ <= a e^{−2κu} 2√u <= a/√(eκ), which for κ >= 1 is at most
+  c₀ a m(κ), c₀ = 1/(m(κ_min)√(eκ_min)) (m(κ)√κ increases for κ >= 1).
+
+  The parametrisation. a_i = A s_i / m(κ_i) with shares s_i in [0, 1] and
+  A the budget of `_wells_budget` (the largest value that Lemma 4
+  certifies: 0.98 on tori, 0.63 on spheres at κ_min = 1, 0.83 at κ_min = 10):
+    bound='sum': s = softmax(w, 0)[:M] (a null slot keeps Σ s < 1), so
+      Hess ψ ⪰ −Σ a_i m(κ_i) ⪰ −A and ‖grad ψ‖ < c₀ A for every parameter
+      value: the map is a diffeomorphism and the solve from y = x finds the
+      unique minimiser (Lemma 4).
+    bound='well': s_i = sigmoid(w_i), so each well alone is certified but
+      overlapping skirts can add up. The sum is not certified: train with
+      a fold barrier (`training.fit_nll(fold_penalty=)`) and check the
+      result (`diagnostics.check_diffeomorphism`); the IRCPM's fold policy
+      reports any det J_{f⁻¹} <= 0 it evaluates.
+
+  Args:
+    manifold: a `Manifold` with `unit_sphere_embedding`.
+    centres: initial centres [M, ambient_dim], points of M (e.g. M training
+      points).
+    concentration: initial κ, scalar or [M], > min_concentration.
+    curvature: initial total share (bound='sum') or per-well share
+      (bound='well') of the budget, in (0, 1).
+    bound: 'sum' (certified) or 'well' (see above).
+    min_concentration: κ_min >= 1.
+    trainable_centres: whether the centres train.
+    dtype: variable dtype (arithmetic follows the input's dtype).
+    name: name scope.
+
+  Shapes: `__call__(x)` maps [..., ambient_dim] to [...].
+  """
+
+  def __init__(self,
+               manifold: base.Manifold,
+               centres,
+               concentration=100.,
+               curvature: float = 0.1,
+               bound: str = 'sum',
+               min_concentration: float = 1.,
+               trainable_centres: bool = True,
+               dtype=tf.float32,
+               name: str = 'wells_potential'):
+    super().__init__(name=name)
+    if not manifold.unit_sphere_embedding:
+      raise ValueError(
+          f'Wells needs a manifold whose embedding is a product of unit '
+          f'spheres (Manifold.unit_sphere_embedding); {manifold!r} is not.')
+    if bound not in ('sum', 'well'):
+      raise ValueError(f"bound must be 'sum' or 'well', got {bound!r}.")
+    if not float(min_concentration) >= 1.:
+      raise ValueError('min_concentration must be >= 1 (the gradient bound '
+                       f'uses it), got {min_concentration}.')
+    if not 0. < float(curvature) < 1.:
+      raise ValueError(f'curvature must be in (0, 1), got {curvature}.')
+    self.manifold = manifold
+    self.bound = bound
+    self.min_concentration = float(min_concentration)
+    self._dtype = tf.as_dtype(dtype)
+    np_dtype = self._dtype.as_numpy_dtype
+    centres = np.asarray(centres, np_dtype)
+    if (centres.ndim != 2 or centres.shape[0] < 1
+        or centres.shape[1] != manifold.ambient_dim):
+      raise ValueError(f'centres must have shape [M, {manifold.ambient_dim}]'
+                       f' with M >= 1, got {centres.shape}.')
+    if not np.all(np.isfinite(centres)):
+      raise ValueError('centres must be finite.')
+    m = centres.shape[0]
+    kappa = np.broadcast_to(np.asarray(concentration, np_dtype), [m])
+    if not np.all(kappa > self.min_concentration):
+      raise ValueError(f'concentration must exceed min_concentration '
+                       f'{self.min_concentration}, got {concentration}.')
+    self.budget = _wells_budget(manifold, self.min_concentration)
+    frac = float(curvature)
+    if bound == 'sum':
+      w0 = math.log(frac / (m * (1. - frac)))
+    else:
+      w0 = math.log(frac / (1. - frac))
+    with self.name_scope:
+      self.centre_variable = tf.Variable(centres, name='centres',
+                                         trainable=bool(trainable_centres))
+      self.log_excess_concentration = tf.Variable(
+          np.log(kappa - self.min_concentration), name='log_excess_kappa')
+      self.share_logits = tf.Variable(np.full([m], w0, np_dtype),
+                                      name='share_logits')
+
+  @property
+  def num_wells(self) -> int:
+    return int(self.share_logits.shape[0])
+
+  def centres(self) -> tf.Tensor:
+    """c_i, [M, ambient_dim]."""
+    return self.manifold.projx(self.centre_variable)
+
+  def concentrations(self) -> tf.Tensor:
+    """κ_i >= κ_min, [M]."""
+    return self.min_concentration + tf.exp(self.log_excess_concentration)
+
+  def shares(self) -> tf.Tensor:
+    """s_i, [M]: Σ s < 1 (bound='sum') or each s_i < 1 (bound='well')."""
+    w = self.share_logits
+    if self.bound == 'sum':
+      return tf.nn.softmax(tf.concat([w, tf.zeros([1], w.dtype)], 0))[:-1]
+    return tf.sigmoid(w)
+
+  def curvatures(self) -> tf.Tensor:
+    """a_i = Hess ψ(c_i) of each well alone, [M]."""
+    return (self.budget * self.shares()
+            / well_concavity(self.concentrations()))
+
+  def derivative_bounds(self):
+    """(G, A): ‖grad ψ‖ <= G and Hess ψ ⪰ −A over M (sums over the wells of
+    a_i/√(eκ_i) and a_i m(κ_i)); with bound='sum', A <= `budget`."""
+    a, k = self.curvatures(), self.concentrations()
+    return (tf.reduce_sum(a / tf.sqrt(math.e * k)),
+            tf.reduce_sum(a * well_concavity(k)))
+
+  def __call__(self, x: tf.Tensor) -> tf.Tensor:
+    dtype = x.dtype
+    e = self.manifold.embed(x)[..., tf.newaxis, :]           # [..., 1, E]
+    ec = tf.cast(self.manifold.embed(self.centres()), dtype)  # [M, E]
+    # The squared difference, not F − φ(x)·φ(c): at κ ~ 1e4 the cancellation
+    # of the dot-product form costs float32 its accuracy near the centres.
+    g = 0.5 * tf.reduce_sum(tf.square(e - ec), axis=-1)      # [..., M]
+    k = tf.cast(self.concentrations(), dtype)
+    a = tf.cast(self.curvatures(), dtype)
+    return -tf.reduce_sum((a / k) * tf.exp(-k * g), axis=-1)
+
+
 def _embedding_constants(manifold: base.Manifold):
   """(‖Dφ‖, ‖∇²φ‖) for the manifold's `embed` φ
   (`Manifold.embed_derivative_bounds`); ValueError if it has none."""

@@ -134,6 +134,17 @@ class Manifold(abc.ABC):
     return False
 
   @property
+  def unit_sphere_embedding(self) -> bool:
+    """Whether `embed` maps M isometrically onto a product of unit spheres.
+
+    True for Sⁿ (the inclusion), Tⁿ ((cos θ_i, sin θ_i), n unit circles),
+    and products and powers of them. Then ½|φ(x) − φ(c)|² = Σ_f (1 − cos
+    r_f), r_f the geodesic distance in factor f, the identity that
+    `potentials.Wells` derives its curvature bound from. False when unknown.
+    """
+    return False
+
+  @property
   def is_flat(self) -> bool:
     """Whether M is known to be flat (all sectional curvatures 0).
 

@@ -80,6 +80,10 @@ class Power(base.Manifold):
     return self._factor.embed_derivative_bounds
 
   @property
+  def unit_sphere_embedding(self) -> bool:
+    return self._factor.unit_sphere_embedding
+
+  @property
   def has_closed_form_log_det_dexp(self) -> bool:
     return self._factor.has_closed_form_log_det_dexp
 

@@ -81,6 +81,10 @@ class Product(base.Manifold):
     return max(p[0] for p in parts), max(p[1] for p in parts)
 
   @property
+  def unit_sphere_embedding(self) -> bool:
+    return all(m.unit_sphere_embedding for m in self._factors)
+
+  @property
   def has_closed_form_log_det_dexp(self) -> bool:
     return all(m.has_closed_form_log_det_dexp for m in self._factors)
 

@@ -72,6 +72,10 @@ class Sphere(base.Manifold):
     return 1., 1.
 
   @property
+  def unit_sphere_embedding(self) -> bool:
+    return True
+
+  @property
   def has_closed_form_log_det_dexp(self) -> bool:
     """True, unless a subclass replaced `log_det_dexp` (which may then return
     None) without overriding this property too."""
