@@ -217,6 +217,7 @@ def test_ircpm_flow_shares_or_separates_parameters():
     training.ircpm_flow(sphere, 0)
 
 
+@pytest.mark.slow    # the example's pieces are tested above
 def test_earth_example_end_to_end_on_a_synthetic_file(tmp_path):
   rng = np.random.default_rng(0)
   lat = np.clip(rng.normal(20., 10., 300), -90, 90)

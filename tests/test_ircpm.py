@@ -52,7 +52,9 @@ def test_round_trips(name, dtype, tol):
   assert np.max(m.dist(x, y).numpy()) > 1e-3
 
 
-@pytest.mark.parametrize('name', ['T2', 'S1', 'S2', 'S3', 'T1xS2'])
+# S³ repeats S²'s sphere terms at 2-3x the trace cost: outside CI.
+@pytest.mark.parametrize('name', ['T2', 'S1', 'S2', pytest.param(
+    'S3', marks=pytest.mark.slow), 'T1xS2'])
 def test_log_dets_match_finite_differences(name):
   m = MANIFOLDS[name]()
   bij = make_bijector(m, scale=0.4, seed=5)
@@ -140,6 +142,7 @@ def test_density_integrates_to_one_on_s2(stack):
                      4 * math.pi / n)
 
 
+@pytest.mark.slow    # S² and T² integrate by quadrature in CI
 def test_density_integrates_to_one_on_s3_by_importance_sampling():
   m = M.Sphere(3)
   chain, _ = _chain3(m, scale=0.15, hidden=(16, 16), seed=10)
@@ -175,7 +178,7 @@ def test_sample_and_log_prob_agree_with_log_prob():
 
 @pytest.mark.parametrize('name,dtype,tol', [
     pytest.param(name, dtype, tol, marks=(pytest.mark.slow,) if (
-        dtype == tf.float32 and name in ('S3', 'T1xS2')) else ())
+        name == 'S3' or (dtype == tf.float32 and name == 'T1xS2')) else ())
     for dtype, tol in [(tf.float32, 2e-4), (tf.float64, 1e-8)]
     for name in ['S2', 'S3', 'T2', 'T1xS2']])
 def test_forward_log_det_from_the_solve_hessian(name, dtype, tol):
@@ -254,7 +257,8 @@ def _fd_grad(loss, var, index, h=1e-6):
   return (lp - lm) / (2 * h)
 
 
-@pytest.mark.parametrize('name', ['S2', 'T2', 'T1xS2'])
+@pytest.mark.parametrize('name', ['S2', 'T2', pytest.param(
+    'T1xS2', marks=pytest.mark.slow)])
 def test_ift_gradients_match_finite_differences_and_unrolled(name):
   m = MANIFOLDS[name]()
   bij = make_bijector(m, scale=0.2, seed=11)
