@@ -66,7 +66,7 @@ def test_hessian_and_gradient_stay_within_the_derived_bounds(name):
     w = _wells(m, 6, seed)
     y = _points_near(m, w, 400, seed)
     _, grad, hess, _ = derivatives.frame_derivatives(m, w, y)
-    g_bound, h_bound = [float(b) for b in w.derivative_bounds()]
+    g_bound, h_bound = [float(b) for b in w.gradient_and_concavity_bounds()]
     lam_min = np.linalg.eigvalsh(hess.numpy())[:, 0]
     assert lam_min.min() >= -h_bound - 1e-10
     assert np.linalg.norm(grad.numpy(), axis=-1).max() <= g_bound + 1e-10
@@ -103,7 +103,7 @@ def test_certified_wells_give_diffeomorphisms_for_any_shares(name):
   w = P.Wells(m, centres, concentration=[2., 5., 50., 500.],
               curvature=0.99, bound='sum', dtype=tf.float64)
   w.share_logits.assign([8., 8., 8., 8.])      # Σ s ≈ 1
-  _, h_bound = w.derivative_bounds()
+  _, h_bound = w.gradient_and_concavity_bounds()
   assert float(h_bound) == pytest.approx(w.budget, rel=1e-3)
   bij = ircpm.IRCPM(m, w)
   report = ircpm.diagnostics.check_diffeomorphism(

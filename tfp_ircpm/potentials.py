@@ -267,7 +267,7 @@ def well_concavity(concentration):
   """m(κ) = (2 + 1/κ) exp(−(3κ + 1)/(2κ + 1)): −a·m(κ) bounds Hess below for
   one `Wells` well of curvature a (see `Wells`). numpy or TF input."""
   k = concentration
-  exp = np.exp if isinstance(k, (float, np.ndarray, np.floating)) else tf.exp
+  exp = tf.exp if tf.is_tensor(k) else np.exp
   return (2. + 1. / k) * exp(-(3. * k + 1.) / (2. * k + 1.))
 
 
@@ -280,8 +280,7 @@ def _wells_budget(manifold: base.Manifold, min_concentration: float) -> float:
   admissible λ (`certified_targets`, 2% margin on both), so
   A = max_λ min(G*(λ)/c₀, H*(λ)), searched on a grid of λ.
   """
-  k, lam_max = _lemma4_constants(manifold)
-  del k
+  _, lam_max = _lemma4_constants(manifold)
   c0 = 1. / (well_concavity(float(min_concentration))
              * math.sqrt(math.e * min_concentration))
   best = 0.
@@ -302,10 +301,10 @@ class Wells(tf.Module):
   it pulls mass in: near c_i, det J_{f⁻¹} ≈ (1 + a_i)^n, so one layer
   multiplies the density at a data point by up to (1 + a)^n, on a length
   scale 1/√κ_i that smooth MLP potentials (which move mass on the scale of
-  a radian) cannot reach. Maximum likelihood needs no solve, and the only hard constraint
-  is det J_{f⁻¹} > 0: a lower bound on Hess ψ (Lemma 4's positive
-  definiteness of H_c + Hess ψ); the positive curvature at the wells is
-  unbounded.
+  a radian) cannot reach. Maximum likelihood needs no solve, and the only
+  hard constraint is det J_{f⁻¹} > 0: a lower bound on Hess ψ (Lemma 4's
+  positive definiteness of H_c + Hess ψ); the positive curvature at the
+  wells is unbounded.
 
   Derivation of the bound. With r_f the geodesic distance from c in the
   unit-sphere factor f, ½|φ(x) − φ(c)|² = Σ_f (1 − cos r_f) =: g, and
@@ -427,9 +426,10 @@ class Wells(tf.Module):
     return (self.budget * self.shares()
             / well_concavity(self.concentrations()))
 
-  def derivative_bounds(self):
+  def gradient_and_concavity_bounds(self):
     """(G, A): ‖grad ψ‖ <= G and Hess ψ ⪰ −A over M (sums over the wells of
-    a_i/√(eκ_i) and a_i m(κ_i)); with bound='sum', A <= `budget`."""
+    a_i/√(eκ_i) and a_i m(κ_i)); with bound='sum', A <= `budget`. Hess ψ
+    has no upper bound (unlike `MLP.derivative_bounds`' two-sided one)."""
     a, k = self.curvatures(), self.concentrations()
     return (tf.reduce_sum(a / tf.sqrt(math.e * k)),
             tf.reduce_sum(a * well_concavity(k)))
