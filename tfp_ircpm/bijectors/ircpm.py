@@ -195,8 +195,9 @@ class IRCPM(tfb.Bijector):
       # of 4 s for sample + sample_and_log_prob on S²).
       no_inline = {'_noinline': True}
       self._solve_fn = tf.function(self._solve_flat, reduce_retracing=True,
+                                   autograph=False,
                                    experimental_attributes=no_inline)
-      self._log_det_fn = tf.function(self._log_det_flat,
+      self._log_det_fn = tf.function(self._log_det_flat, autograph=False,
                                      reduce_retracing=True,
                                      experimental_attributes=no_inline)
       super().__init__(

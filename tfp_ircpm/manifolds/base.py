@@ -14,7 +14,11 @@ so that none of them switches on manifold types:
   the Lemma 4 criterion (`lemma4_hessian_bound`);
 * `embed_derivative_bounds`: ‖Dφ‖ and ‖∇²φ‖ of the features φ = `embed`,
   for the certified MLP bounds;
-* `has_closed_form_log_det_dexp` and `is_flat`: which log-det forms apply.
+* `has_closed_form_log_det_dexp` and `is_flat`: which log-det forms apply;
+* `half_sq_dist_derivatives` and `exp_second_order_term`: the closed-form
+  pieces of the Riemannian gradient and Hessian of h = ½d² + ψ, which the
+  solver uses instead of differentiating through exp and d (whose
+  safe-branch graphs are ten times the size of ψ's on spheres).
 
 Products and powers compose them from their factors. A manifold that does
 not know a constant returns None (the default), and the code that needs it
@@ -207,6 +211,41 @@ class Manifold(abc.ABC):
     `has_closed_form_log_det_dexp` False).
     """
     del x, y
+    return None
+
+  def half_sq_dist_derivatives(self, x: tf.Tensor, y: tf.Tensor,
+                               frame: tf.Tensor):
+    """y ↦ ½d(x, y)² at y, in the frame E_y: (value [...], Riemannian
+    gradient [..., dim], Riemannian Hessian [..., dim, dim]), or None when
+    no closed form is known (the solver then differentiates d through exp).
+
+    The gradient is -E_yᵀ log_y(x) wherever d is smooth (away from the cut
+    locus of x).
+
+    Args:
+      x, y: points [..., ambient_dim].
+      frame: E_y = `tangent_frame(y)`, [..., ambient_dim, dim].
+    """
+    del x, y, frame
+    return None
+
+  def exp_second_order_term(self, y: tf.Tensor, egrad: tf.Tensor,
+                            frame: tf.Tensor):
+    """⟨∇f(y), ∂²exp_y(E_y v)/∂v∂v⟩ at v = 0, [..., dim, dim], or None.
+
+    For an ambient function f with Euclidean gradient ∇f(y) = `egrad`, the
+    Hessian of v ↦ f(exp_y(E_y v)) at 0, which is the Riemannian Hessian
+    because exp is a second-order retraction, is E_yᵀ ∇²f E_y plus this
+    term: the second fundamental form of M ⊂ R^ambient paired with ∇f (the
+    Weingarten map). Zero on flat coordinates; -(y·∇f) I on the unit
+    sphere. None when unknown.
+
+    Args:
+      y: points [..., ambient_dim].
+      egrad: ∇f(y), [..., ambient_dim].
+      frame: E_y, [..., ambient_dim, dim].
+    """
+    del y, egrad, frame
     return None
 
   @abc.abstractmethod

@@ -116,6 +116,41 @@ class Power(base.Manifold):
     parts = self._factor.log_det_dexp(self._points(x), self._points(y))
     return None if parts is None else tf.reduce_sum(parts, axis=-1)
 
+  def _frames(self, frame):
+    """The k diagonal blocks [..., k, A, d] of a block-diagonal frame."""
+    a, d = self._factor.ambient_dim, self._factor.dim
+    shape = tf.concat([tf.shape(frame)[:-2], [self._k, a, self._k, d]], 0)
+    blocks = tf.reshape(frame, shape)                     # [..., k, A, k, d]
+    nb = blocks.shape.rank - 4
+    batch = list(range(nb))
+    # The diagonal over the two k axes ([..., A, d, k]), k moved back first.
+    diag = tf.linalg.diag_part(tf.transpose(
+        blocks, batch + [nb + 1, nb + 3, nb, nb + 2]))
+    return tf.transpose(diag, batch + [nb + 2, nb, nb + 1])
+
+  def _block_diagonal(self, blocks):
+    """[..., k·d, k·d] from the k blocks [..., k, d, d]."""
+    eye = tf.eye(self._k, dtype=blocks.dtype)
+    full = tf.einsum('...iab,ij->...iajb', blocks, eye)
+    shape = tf.concat([tf.shape(blocks)[:-3], [self.dim, self.dim]], 0)
+    return tf.reshape(full, shape)
+
+  def half_sq_dist_derivatives(self, x, y, frame):
+    """The copies' values summed, gradients concatenated, Hessians block
+    diagonal; None if the factor has no closed form."""
+    parts = self._factor.half_sq_dist_derivatives(
+        self._points(x), self._points(y), self._frames(frame))
+    if parts is None:
+      return None
+    value, grad, hess = parts
+    return (tf.reduce_sum(value, axis=-1), self._merge(grad),
+            self._block_diagonal(hess))
+
+  def exp_second_order_term(self, y, egrad, frame):
+    term = self._factor.exp_second_order_term(
+        self._points(y), self._points(egrad), self._frames(frame))
+    return None if term is None else self._block_diagonal(term)
+
   def proju(self, x, u):
     return self._merge(self._factor.proju(self._points(x), self._points(u)))
 

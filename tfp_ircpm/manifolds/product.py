@@ -10,6 +10,12 @@ from tfp_ircpm.manifolds import base
 tfd = tfp.distributions
 
 
+def _block_diagonal(blocks: Sequence[tf.Tensor]) -> tf.Tensor:
+  """[..., Σd_i, Σd_i] from square blocks [..., d_i, d_i]."""
+  ops = [tf.linalg.LinearOperatorFullMatrix(b) for b in blocks]
+  return tf.linalg.LinearOperatorBlockDiag(ops).to_dense()
+
+
 class Product(base.Manifold):
   """M_1 × ... × M_k with the product metric.
 
@@ -112,6 +118,32 @@ class Product(base.Manifold):
     """Sum over the factors (exp is a product map); None if one is unknown."""
     parts = self._map('log_det_dexp', x, y)
     return None if any(p is None for p in parts) else tf.add_n(parts)
+
+  def _split_frame(self, frame):
+    """The factors' frames, the diagonal blocks of a block-diagonal E."""
+    blocks, row, col = [], 0, 0
+    for m in self._factors:
+      blocks.append(frame[..., row:row + m.ambient_dim, col:col + m.dim])
+      row, col = row + m.ambient_dim, col + m.dim
+    return blocks
+
+  def half_sq_dist_derivatives(self, x, y, frame):
+    """The factors' values summed, gradients concatenated, Hessians block
+    diagonal; None if a factor has no closed form."""
+    parts = [m.half_sq_dist_derivatives(a, b, e) for m, a, b, e in zip(
+        self._factors, self.split(x), self.split(y), self._split_frame(frame))]
+    if any(p is None for p in parts):
+      return None
+    values, grads, hessians = zip(*parts)
+    return (tf.add_n(list(values)), tf.concat(grads, axis=-1),
+            _block_diagonal(hessians))
+
+  def exp_second_order_term(self, y, egrad, frame):
+    """Block diagonal: exp is a product map."""
+    parts = [m.exp_second_order_term(a, g, e) for m, a, g, e in zip(
+        self._factors, self.split(y), self.split(egrad),
+        self._split_frame(frame))]
+    return None if any(p is None for p in parts) else _block_diagonal(parts)
 
   def proju(self, x, u):
     return tf.concat(self._map('proju', x, u), axis=-1)

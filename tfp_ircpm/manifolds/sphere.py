@@ -11,6 +11,10 @@ from tfp_ircpm.manifolds import _series
 from tfp_ircpm.manifolds import base
 
 
+# (1 - √t cot √t) / t = 1/3 + t/45 + 2t²/945 + t³/4725 + 2t⁴/93555.
+_ONE_MINUS_COT_COEFFS = (1. / 3, 1. / 45, 2. / 945, 1. / 4725, 2. / 93555)
+
+
 def _dot(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
   return tf.reduce_sum(a * b, axis=-1, keepdims=True)
 
@@ -137,6 +141,32 @@ class Sphere(base.Manifold):
     """(n - 1) log(sin r / r), r = d(x, y); analytic in r² at r = 0."""
     return (self._dim - 1) * tf.math.log(
         _series.sinc_sqrt(self.sq_dist(x, y)))
+
+  def half_sq_dist_derivatives(self, x, y, frame):
+    """½r², -l and r cot r · I + (1 - r cot r)/r² · l lᵀ, l = E_yᵀ log_y(x).
+
+    The Hessian of ½d(x, ·)² on the unit sphere (Jacobi fields of curvature
+    1): 1 along the geodesic to x, r cot r across it. Both coefficients are
+    analytic in r², so x = y needs no branch (the Hessian is I there); they
+    diverge at the cut locus r = π, where d² is not differentiable.
+    """
+    l = tf.linalg.matvec(frame, self.logmap(y, x), transpose_a=True)
+    t2 = self.sq_dist(x, y)
+    rcot = (_series.cos_sqrt(t2) / _series.sinc_sqrt(t2))[..., tf.newaxis,
+                                                           tf.newaxis]
+    q = _series.series_or_closed(
+        t2, lambda t: (1. - tf.sqrt(t) / tf.tan(tf.sqrt(t))) / t,
+        _ONE_MINUS_COT_COEFFS)[..., tf.newaxis, tf.newaxis]
+    eye = tf.eye(self._dim, dtype=x.dtype)
+    hess = rcot * eye + q * (l[..., :, tf.newaxis] * l[..., tf.newaxis, :])
+    return 0.5 * t2, -l, hess
+
+  def exp_second_order_term(self, y, egrad, frame):
+    """-(y·∇f) I: exp_y(u) = cos|u| y + sinc|u| u has ∂²exp/∂u² = -y ⊗ I at
+    u = 0, and the frame is orthonormal."""
+    del frame
+    eye = tf.eye(self._dim, dtype=y.dtype)
+    return -_dot(y, egrad)[..., tf.newaxis] * eye
 
   def proju(self, x, u):
     return u - _dot(x, u) * x

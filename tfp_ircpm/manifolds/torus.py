@@ -97,6 +97,19 @@ class Torus(base.Manifold):
     """Zero: the torus is flat, exp is a translation."""
     return tf.zeros_like(self.sq_dist(x, y))
 
+  def half_sq_dist_derivatives(self, x, y, frame):
+    """½|wrap(y - x)|², wrap(y - x) and I: the metric is flat and E = I."""
+    del frame
+    d = wrap(y - x)
+    eye = tf.eye(self._dim, dtype=x.dtype)
+    hess = tf.broadcast_to(eye, tf.concat([tf.shape(d), [self._dim]], 0))
+    return 0.5 * tf.reduce_sum(tf.square(d), axis=-1), d, hess
+
+  def exp_second_order_term(self, y, egrad, frame):
+    """Zero: exp_y(v) = y + v (mod 2π) is affine in v."""
+    del y, frame
+    return tf.zeros(tf.concat([tf.shape(egrad), [self._dim]], 0), egrad.dtype)
+
   def proju(self, x, u):
     del x
     return u
