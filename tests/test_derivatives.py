@@ -9,7 +9,11 @@ Proven here, in float64 on S² and T²:
 * the symbolic mode's closed-form assembly (ψ's ambient derivatives, the
   second fundamental form and the closed-form Hessian of ½d²) equals the
   tape pull-back on spheres, tori, products and powers, in float32 and
-  float64, at y = x too; a manifold without closed forms falls back;
+  float64, at y = x too; so is the tape-mode gradient (the IFT step's),
+  with the same derivatives in x and ψ's variables; a manifold without
+  closed forms falls back;
+* `inverse_jacobian` (Jacobi fields, T (D₁ + D₂ Hess ψ)) is the tape
+  Jacobian of `inverse_map` in frames, with the same log-det gradients;
 * the Riemannian closed forms: on S² with ψ(y) = a·y, grad h = −log_y x +
   P_y a and Hess h = H_c − (a·y) I, where H_c = Hess ½d(x, ·)² has
   eigenvalue 1 along the geodesic and t cot t across it (Sec. 4.3); on T²
@@ -187,6 +191,81 @@ def test_symbolic_mode_equals_tape_mode(name, dtype, atol):
   np.testing.assert_allclose(d_grad.numpy(), 0., atol=atol)
   np.testing.assert_allclose(d_hess.numpy()[0], np.eye(manifold.dim),
                              atol=atol)
+
+
+@pytest.mark.parametrize('name', ['S2', 'T2', 'T1xS2', 'S2pow3'])
+def test_tape_mode_gradient_is_closed_form_and_differentiable(name):
+  """The IFT step's grad_y h (tape mode, no Hessian) comes from the closed
+  forms; its derivatives in x and in ψ's variables equal those of the
+  pull-back's gradient."""
+  manifold = {'S2': S2, 'T2': T2, 'T1xS2': M.Product([M.Torus(1), S2]),
+              'S2pow3': M.Power(S2, 3)}[name]
+  x, y = _pairs_on(manifold, 12, seed=7, dtype=tf.float64)
+  psi = ircpm.potentials.MLP(manifold, (8, 8), output_scale=0.5, seed=8,
+                             dtype=tf.float64)
+  frame = manifold.tangent_frame(y)
+  weights = tf.random.stateless_normal([12, manifold.dim], [7, 9],
+                                       dtype=tf.float64)
+
+  def derivatives_of(fn):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      g = fn()
+      loss = tf.reduce_sum(weights * g)
+    return [g] + tape.gradient(loss, [x] + list(psi.trainable_variables))
+
+  closed = derivatives_of(lambda: deriv.local_derivatives(
+      manifold, psi, x, y, with_hessian=False, frame=frame)[1])
+  pulled = derivatives_of(lambda: deriv.frame_derivatives(
+      manifold, deriv.cost_fn(manifold, psi, x), y, with_hessian=False,
+      frame=frame)[1])
+  # Only x's tangent directions are defined: the normal component of the
+  # x-gradient depends on how d² and log are extended off M.
+  closed[1], pulled[1] = manifold.proju(x, closed[1]), manifold.proju(
+      x, pulled[1])
+  for a, b in zip(closed, pulled):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-11)
+
+
+def _tape_inverse_jacobian(manifold, psi, y):
+  """E_xᵀ J E_y from the ambient tape Jacobian of `inverse_map`."""
+  y = manifold.projx(y)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(y)
+    x = deriv.inverse_map(manifold, psi, y)[0]
+  jac = tf.linalg.matmul(tape.batch_jacobian(x, y), manifold.tangent_frame(y))
+  return tf.linalg.matmul(manifold.tangent_frame(x), jac, transpose_a=True), x
+
+
+@pytest.mark.parametrize('scale', [0., 1.5, 8.])
+@pytest.mark.parametrize('name', ['S2', 'S3', 'T2', 'T1xS2', 'S2pow3'])
+def test_inverse_jacobian_from_jacobi_fields(name, scale):
+  """T (D₁ + D₂ Hess ψ) (`Manifold.exp_jacobi_fields`) is the tape Jacobian
+  of f⁻¹ = exp(grad ψ) in frames, and log|det| has the same gradients in y
+  and ψ's variables: at the identity (ψ = 0), and with geodesic steps of
+  0.5-1.6 rad (scale 8, the closed-form branches of every coefficient)."""
+  manifold = {'S2': S2, 'S3': M.Sphere(3), 'T2': T2,
+              'T1xS2': M.Product([M.Torus(1), S2]),
+              'S2pow3': M.Power(S2, 3)}[name]
+  psi = ircpm.potentials.MLP(manifold, (8, 8), output_scale=scale or 1.,
+                             zero_output=not scale, seed=0, dtype=tf.float64)
+  y = manifold.random_uniform(24, tf.float64, seed=1)
+
+  def with_gradients(fn):
+    with tf.GradientTape() as tape:
+      tape.watch(y)
+      jac, x = fn(manifold, psi, y)
+      total = tf.reduce_sum(tf.linalg.slogdet(jac)[1])
+    grads = tape.gradient(total, [y] + list(psi.trainable_variables),
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return [jac, x, manifold.proju(y, grads[0])] + grads[1:]
+
+  closed = with_gradients(deriv.inverse_jacobian)
+  taped = with_gradients(_tape_inverse_jacobian)
+  for a, b in zip(closed, taped):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-10)
+  steps = manifold.dist(y, closed[1]).numpy()
+  assert np.max(steps) > (0.5 if scale == 8. else -1.)
 
 
 class _OpaqueSphere(M.Sphere):

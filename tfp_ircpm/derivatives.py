@@ -142,17 +142,21 @@ def local_derivatives(manifold: base.Manifold, potential: Potential,
                       symbolic: bool = False):
   """`frame_derivatives` of h(x, ·) at y: (h, grad_y h, Hess_y h, E_y).
 
-  With `symbolic=True` (the solvers, whose outputs are never differentiated)
-  and a manifold that knows `half_sq_dist_derivatives` and
+  Where the manifold knows `half_sq_dist_derivatives` and
   `exp_second_order_term`, the derivatives are assembled from those closed
   forms and the ambient derivatives of ψ alone (`_closed_form_local`): the
-  same numbers, without differentiating through exp and d.
+  same numbers, without differentiating through exp and d. That holds for
+  the solvers (`symbolic=True` in a graph) and for the gradient alone in
+  tape mode (the IFT step), which stays differentiable in x, y and ψ's
+  variables. A tape-mode Hessian, which callers may differentiate in y
+  through the frame, keeps the pull-back.
   """
   if frame is None:
     frame = manifold.tangent_frame(y)
-  if symbolic and not tf.executing_eagerly():
+  graph_symbolic = symbolic and not tf.executing_eagerly()
+  if graph_symbolic or not with_hessian:
     closed = _closed_form_local(manifold, potential, x, y, with_hessian,
-                                frame)
+                                frame, graph_symbolic)
     if closed is not None:
       return closed
   return frame_derivatives(manifold, cost_fn(manifold, potential, x), y,
@@ -160,22 +164,30 @@ def local_derivatives(manifold: base.Manifold, potential: Potential,
                            symbolic=symbolic)
 
 
-def _closed_form_local(manifold, potential, x, y, with_hessian, frame):
-  """h, grad h, Hess h in E_y from closed-form pieces, or None (graph mode).
+def _closed_form_local(manifold, potential, x, y, with_hessian, frame,
+                       symbolic):
+  """h, grad h, Hess h in E_y from closed-form pieces, or None.
 
     grad h = E_yᵀ∇ψ(y) - E_yᵀ log_y(x),
     Hess h = E_yᵀ ∇²ψ(y) E_y + ⟨∇ψ, II⟩ + Hess ½d(x, ·)²,
 
-  where ∇ψ, ∇²ψ are ψ's Euclidean derivatives in ambient coordinates
-  (1 + dim reverse passes through ψ only, `tf.gradients`) and ⟨∇ψ, II⟩ is
+  where ∇ψ, ∇²ψ are ψ's Euclidean derivatives in ambient coordinates (1 +
+  dim reverse passes through ψ only: `tf.gradients` when `symbolic`, which
+  the Hessian needs, a tape otherwise) and ⟨∇ψ, II⟩ is
   `Manifold.exp_second_order_term`.
   """
   dist = manifold.half_sq_dist_derivatives(x, y, frame)
   if dist is None:
     return None
   d_value, d_grad, d_hess = dist
-  psi = call_potential(potential, y)
-  egrad = tf.gradients(psi, y, unconnected_gradients=_ZERO)[0]
+  if symbolic:
+    psi = call_potential(potential, y)
+    egrad = tf.gradients(psi, y, unconnected_gradients=_ZERO)[0]
+  else:
+    with tf.GradientTape() as tape:
+      tape.watch(y)
+      psi = call_potential(potential, y)
+    egrad = tape.gradient(psi, y, unconnected_gradients=_ZERO)
   g = tf.linalg.matvec(frame, egrad, transpose_a=True) + d_grad
   if not with_hessian:
     return psi + d_value, g, None, frame
@@ -244,3 +256,44 @@ def inverse_map(manifold: base.Manifold, potential: Potential,
   x = tf.where(tf.math.is_finite(psi)[..., tf.newaxis], x,
                tf.constant(float('nan'), x.dtype))
   return x, psi
+
+
+def inverse_jacobian(manifold: base.Manifold, potential: Potential,
+                     y: tf.Tensor):
+  """(E_xᵀ J_{f⁻¹}(y) E_y [N, dim, dim], x = f⁻¹(y) [N, ambient]) or None.
+
+  The matrix of Eq. 4 from closed forms: J_{f⁻¹} = T (D₁ + D₂ Hess ψ(y))
+  (`Manifold.exp_jacobi_fields`), with Hess ψ = E_yᵀ ∇²ψ E_y + ⟨∇ψ, II⟩
+  from ψ's ambient Hessian (nested tapes through ψ alone, one reverse pass
+  per ambient coordinate). Differentiable in y and ψ's variables; x is
+  `inverse_map`'s, NaN where ψ(y) is not finite. None where the manifold
+  lacks a closed form (the caller then differentiates `inverse_map`).
+
+  Args:
+    y: [N, ambient_dim] points on the manifold.
+  """
+  y = manifold.projx(y)
+  frame_y = manifold.tangent_frame(y)
+  if manifold.exp_second_order_term(y, y, frame_y) is None:
+    return None
+  with tf.GradientTape(persistent=True) as outer:
+    outer.watch(y)
+    with tf.GradientTape() as inner:
+      inner.watch(y)
+      psi = call_potential(potential, y)
+    egrad = inner.gradient(psi, y, unconnected_gradients=_ZERO)
+  ehess = _autodiff.batch_jacobian(outer, egrad, y)             # [N, A, A]
+  del outer
+  w = manifold.proju(y, egrad)
+  x = manifold.projx(manifold.expmap(y, w))
+  x = tf.where(tf.math.is_finite(psi)[..., tf.newaxis], x,
+               tf.constant(float('nan'), x.dtype))
+  frame_x = manifold.tangent_frame(x)
+  fields = manifold.exp_jacobi_fields(y, w, frame_y, frame_x)
+  if fields is None:
+    return None
+  transport, d1, d2 = fields
+  hess = (tf.linalg.matmul(frame_y, tf.linalg.matmul(ehess, frame_y),
+                           transpose_a=True)
+          + manifold.exp_second_order_term(y, egrad, frame_y))
+  return tf.linalg.matmul(transport, d1 + tf.linalg.matmul(d2, hess)), x

@@ -635,6 +635,12 @@ class IRCPM(tfb.Bijector):
     y_flat = m.projx(y_flat)
     if m.ambient_dim > MAX_REVERSE_JACOBIAN_DIM:
       return self._forward_mode_inverse_jacobian(y_flat)
+    # Jacobi fields and ψ's ambient Hessian, where the manifold has them:
+    # no tape through exp's and proj's safe branches, whose higher-order
+    # graphs dominate tracing (and training's third derivatives).
+    closed = derivatives.inverse_jacobian(m, self._potential, y_flat)
+    if closed is not None:
+      return closed
     with tf.GradientTape(persistent=True) as tape:
       tape.watch(y_flat)
       x = self._inverse_flat(y_flat)

@@ -15,9 +15,10 @@ so that none of them switches on manifold types:
 * `embed_derivative_bounds`: ‖Dφ‖ and ‖∇²φ‖ of the features φ = `embed`,
   for the certified MLP bounds;
 * `has_closed_form_log_det_dexp` and `is_flat`: which log-det forms apply;
-* `half_sq_dist_derivatives` and `exp_second_order_term`: the closed-form
-  pieces of the Riemannian gradient and Hessian of h = ½d² + ψ, which the
-  solver uses instead of differentiating through exp and d (whose
+* `half_sq_dist_derivatives`, `exp_second_order_term` and
+  `exp_jacobi_fields`: the closed-form pieces of the Riemannian derivatives
+  of h = ½d² + ψ and of the Jacobian of f⁻¹ = exp(grad ψ), which the solver
+  and the log-det use instead of differentiating through exp and d (whose
   safe-branch graphs are ten times the size of ψ's on spheres).
 
 Products and powers compose them from their factors. A manifold that does
@@ -246,6 +247,29 @@ class Manifold(abc.ABC):
       frame: E_y, [..., ambient_dim, dim].
     """
     del y, egrad, frame
+    return None
+
+  def exp_jacobi_fields(self, y: tf.Tensor, w: tf.Tensor, frame_y: tf.Tensor,
+                        frame_x: tf.Tensor):
+    """(T, D₁, D₂), each [..., dim, dim], or None when unknown.
+
+    The differential of (y, w) ↦ x = exp_y(w) in frames: moving y by δy and
+    w by a covariant change δw (both in E_y coordinates) moves x by
+
+        E_xᵀ δx = T (D₁ δy + D₂ δw),
+
+    the value at 1 of the Jacobi field J along t ↦ exp_y(t w) with J(0) = δy
+    and J'(0) = δw. T = E_xᵀ Γ E_y is the parallel transport from y to x
+    (orthogonal, det = `frame_orientation(x)·frame_orientation(y)`).
+    For f⁻¹(y) = exp_y(grad ψ(y)), δw = Hess ψ δy, so
+    E_xᵀ J_{f⁻¹} E_y = T (D₁ + D₂ Hess ψ) (the matrix of Eq. 4).
+
+    Args:
+      y: points [..., ambient_dim].
+      w: tangent vectors at y, [..., ambient_dim].
+      frame_y, frame_x: E_y and E_x, x = exp_y(w), [..., ambient_dim, dim].
+    """
+    del y, w, frame_y, frame_x
     return None
 
   @abc.abstractmethod

@@ -151,6 +151,13 @@ class Power(base.Manifold):
         self._points(y), self._points(egrad), self._frames(frame))
     return None if term is None else self._block_diagonal(term)
 
+  def exp_jacobi_fields(self, y, w, frame_y, frame_x):
+    parts = self._factor.exp_jacobi_fields(
+        self._points(y), self._points(w), self._frames(frame_y),
+        self._frames(frame_x))
+    return None if parts is None else tuple(self._block_diagonal(p)
+                                            for p in parts)
+
   def proju(self, x, u):
     return self._merge(self._factor.proju(self._points(x), self._points(u)))
 

@@ -145,6 +145,15 @@ class Product(base.Manifold):
         self._split_frame(frame))]
     return None if any(p is None for p in parts) else _block_diagonal(parts)
 
+  def exp_jacobi_fields(self, y, w, frame_y, frame_x):
+    """Each of T, D₁, D₂ block diagonal: exp is a product map."""
+    parts = [m.exp_jacobi_fields(a, b, e, f) for m, a, b, e, f in zip(
+        self._factors, self.split(y), self.split(w),
+        self._split_frame(frame_y), self._split_frame(frame_x))]
+    if any(p is None for p in parts):
+      return None
+    return tuple(_block_diagonal(blocks) for blocks in zip(*parts))
+
   def proju(self, x, u):
     return tf.concat(self._map('proju', x, u), axis=-1)
 

@@ -13,6 +13,11 @@ from tfp_ircpm.manifolds import base
 
 # (1 - √t cot √t) / t = 1/3 + t/45 + 2t²/945 + t³/4725 + 2t⁴/93555.
 _ONE_MINUS_COT_COEFFS = (1. / 3, 1. / 45, 2. / 945, 1. / 4725, 2. / 93555)
+# (1 - cos √t) / t and (1 - sin √t / √t) / t.
+_ONE_MINUS_COS_COEFFS = (1. / 2, -1. / 24, 1. / 720, -1. / 40320,
+                         1. / 3628800)
+_ONE_MINUS_SINC_COEFFS = (1. / 6, -1. / 120, 1. / 5040, -1. / 362880,
+                          1. / 39916800)
 
 
 def _dot(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
@@ -167,6 +172,31 @@ class Sphere(base.Manifold):
     del frame
     eye = tf.eye(self._dim, dtype=y.dtype)
     return -_dot(y, egrad)[..., tf.newaxis] * eye
+
+  def exp_jacobi_fields(self, y, w, frame_y, frame_x):
+    """Jacobi fields of curvature 1, r = |w|, l = E_yᵀ w:
+
+        D₁ = cos r I + (1 - cos r)/r² l lᵀ,   D₂ = sinc r I + (1 - sinc r)/r² l lᵀ
+
+    (along the geodesic J = δy + t δw, across it cos(rt) δy + sin(rt)/r δw),
+    and Γ E_y = E_y - (1 - cos r)/r² w lᵀ - sinc r · y lᵀ. Every coefficient
+    is analytic in r², so w = 0 (T = E_yᵀE_y = I, D₁ = D₂ = I) needs no
+    branch.
+    """
+    l = tf.linalg.matvec(frame_y, w, transpose_a=True)
+    t2 = tf.reduce_sum(l * l, axis=-1)[..., tf.newaxis, tf.newaxis]
+    cos, sinc = _series.cos_sqrt(t2), _series.sinc_sqrt(t2)
+    c1 = _series.series_or_closed(
+        t2, lambda t: (1. - tf.cos(tf.sqrt(t))) / t, _ONE_MINUS_COS_COEFFS)
+    c2 = _series.series_or_closed(
+        t2, lambda t: (1. - tf.sin(tf.sqrt(t)) / tf.sqrt(t)) / t,
+        _ONE_MINUS_SINC_COEFFS)
+    ll = l[..., :, tf.newaxis] * l[..., tf.newaxis, :]
+    eye = tf.eye(self._dim, dtype=y.dtype)
+    transported = (frame_y - c1 * (w[..., :, tf.newaxis] * l[..., tf.newaxis, :])
+                   - sinc * (y[..., :, tf.newaxis] * l[..., tf.newaxis, :]))
+    transport = tf.linalg.matmul(frame_x, transported, transpose_a=True)
+    return transport, cos * eye + c1 * ll, sinc * eye + c2 * ll
 
   def proju(self, x, u):
     return u - _dot(x, u) * x

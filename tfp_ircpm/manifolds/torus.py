@@ -110,6 +110,13 @@ class Torus(base.Manifold):
     del y, frame
     return tf.zeros(tf.concat([tf.shape(egrad), [self._dim]], 0), egrad.dtype)
 
+  def exp_jacobi_fields(self, y, w, frame_y, frame_x):
+    """T = D₁ = D₂ = I: exp is a translation."""
+    del y, frame_y, frame_x
+    eye = tf.eye(self._dim, dtype=w.dtype)
+    eye = tf.broadcast_to(eye, tf.concat([tf.shape(w), [self._dim]], 0))
+    return eye, eye, eye
+
   def proju(self, x, u):
     del x
     return u
