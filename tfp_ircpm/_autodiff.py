@@ -1,5 +1,7 @@
 """Autodiff helpers shared by the solver and the log-det."""
 
+from typing import Sequence
+
 import tensorflow as tf
 # Public TF has no way to pause every active tape; GradientTape.stop_recording
 # uses this same context for its own tape.
@@ -28,6 +30,37 @@ def batch_jacobian(tape: tf.GradientTape, target: tf.Tensor,
     parts = tf.unstack(target, axis=1)
   rows = [tape.gradient(p, source, unconnected_gradients=zero) for p in parts]
   return tf.stack(rows, axis=1)
+
+
+def concat_last(parts: Sequence[tf.Tensor]) -> tf.Tensor:
+  """tf.concat(parts, -1) whose derivatives of every order exist under XLA.
+
+  For features inside ψ, which training differentiates three times (grad
+  ψ, Hess ψ, then the parameter gradient of the log-det). TF's Concat
+  gradient slices, and under XLA the gradient of Slice is an
+  XlaDynamicUpdateSlice, which has no gradient: XLA training steps failed
+  to trace on tori. Equal parts are stacked and reshaped (gradients Unpack
+  and Pack); unequal ones are placed by matrix products with 0/1 matrices,
+  which are exact.
+
+  Args:
+    parts: tensors [..., d_i] with the same batch shape.
+  """
+  parts = list(parts)
+  if len(parts) == 1:
+    return parts[0]
+  sizes = [int(p.shape[-1]) for p in parts]
+  if len(set(sizes)) == 1:
+    stacked = tf.stack(parts, axis=-2)                         # [..., k, d]
+    return tf.reshape(stacked, tf.concat(
+        [tf.shape(stacked)[:-2], [len(parts) * sizes[0]]], 0))
+  total, start, out = sum(sizes), 0, None
+  for p, size in zip(parts, sizes):
+    place = tf.one_hot(tf.range(start, start + size), total, dtype=p.dtype)
+    term = tf.linalg.matmul(p[..., tf.newaxis, :], place)[..., 0, :]
+    out = term if out is None else out + term
+    start += size
+  return out
 
 
 def with_lazy_gradient(value: tf.Tensor, exact_fn, z: tf.Tensor,

@@ -22,6 +22,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from tfp_ircpm import _autodiff
 from tfp_ircpm import _lazy
 from tfp_ircpm.manifolds import base
 
@@ -653,7 +654,7 @@ def diagonal_shift_features(theta: tf.Tensor) -> tf.Tensor:
   paper's u₁), and a complete set of invariants: they determine θ up to it.
   """
   diff = theta[..., :-1] - theta[..., 1:]
-  return tf.concat([tf.cos(diff), tf.sin(diff)], axis=-1)
+  return _autodiff.concat_last([tf.cos(diff), tf.sin(diff)])
 
 
 def gradient(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.Tensor:

@@ -5,6 +5,7 @@ from typing import List, Optional, Sequence, Tuple
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_ircpm import _autodiff
 from tfp_ircpm.manifolds import base
 
 tfd = tfp.distributions
@@ -161,7 +162,8 @@ class Product(base.Manifold):
     return tf.concat(self._map('projx', x), axis=-1)
 
   def embed(self, x):
-    return tf.concat(self._map('embed', x), axis=-1)
+    # ψ's features: differentiated three times in training (see concat_last).
+    return _autodiff.concat_last(self._map('embed', x))
 
   def tangent_frame(self, x):
     frames = self._map('tangent_frame', x)

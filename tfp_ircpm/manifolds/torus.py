@@ -6,6 +6,7 @@ from typing import List
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_ircpm import _autodiff
 from tfp_ircpm.manifolds import base
 
 tfd = tfp.distributions
@@ -131,7 +132,7 @@ class Torus(base.Manifold):
         eye, tf.concat([tf.shape(x)[:-1], [self._dim, self._dim]], axis=0))
 
   def embed(self, x):
-    return tf.concat([tf.cos(x), tf.sin(x)], axis=-1)
+    return _autodiff.concat_last([tf.cos(x), tf.sin(x)])
 
   def uniform(self, dtype=tf.float32):
     low = tf.zeros([self._dim], dtype=dtype)
