@@ -12,6 +12,8 @@ Proven here, in float64 on S² and T²:
   float64, at y = x too; so is the tape-mode gradient (the IFT step's),
   with the same derivatives in x and ψ's variables; a manifold without
   closed forms falls back;
+* `local_hvp` and `local_ambient_gradient` (the CG back-end's closed
+  forms) equal the pull-back `hvp` and `ambient_gradient`;
 * `inverse_jacobian` (Jacobi fields, T (D₁ + D₂ Hess ψ)) is the tape
   Jacobian of `inverse_map` in frames, with the same log-det gradients;
 * the Riemannian closed forms: on S² with ψ(y) = a·y, grad h = −log_y x +
@@ -266,6 +268,32 @@ def test_inverse_jacobian_from_jacobi_fields(name, scale):
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-10)
   steps = manifold.dist(y, closed[1]).numpy()
   assert np.max(steps) > (0.5 if scale == 8. else -1.)
+
+
+@pytest.mark.parametrize('name', ['S2', 'T2', 'T1xS2', 'S2pow3'])
+def test_closed_form_hvp_and_gradient_for_conjugate_gradients(name):
+  """`local_hvp` (one pass through the closed-form gradient field) and
+  `local_ambient_gradient` equal the pull-back `hvp` and `ambient_gradient`
+  of h, in a graph and eagerly, with and without `identity_on_normals`."""
+  manifold = {'S2': S2, 'T2': T2, 'T1xS2': M.Product([M.Torus(1), S2]),
+              'S2pow3': M.Power(S2, 3)}[name]
+  x, y = _pairs_on(manifold, 12, seed=11, dtype=tf.float64)
+  psi = ircpm.potentials.MLP(manifold, (8, 8), output_scale=0.5, seed=12,
+                             dtype=tf.float64)
+  u = tf.random.stateless_normal(x.shape, [11, 3], dtype=tf.float64)
+  h = deriv.cost_fn(manifold, psi, x)
+
+  def closed(x, y, u):
+    return (deriv.local_ambient_gradient(manifold, psi, x, y, symbolic=True),
+            deriv.local_hvp(manifold, psi, x, y, u),
+            deriv.local_hvp(manifold, psi, x, y, u, identity_on_normals=True))
+
+  reference = (deriv.ambient_gradient(manifold, h, y),
+               deriv.hvp(manifold, h, y, u),
+               deriv.hvp(manifold, h, y, u, identity_on_normals=True))
+  for result in (tf.function(closed)(x, y, u), closed(x, y, u)):
+    for a, b in zip(result, reference):
+      np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-11)
 
 
 class _OpaqueSphere(M.Sphere):

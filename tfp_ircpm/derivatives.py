@@ -205,6 +205,62 @@ def _closed_form_local(manifold, potential, x, y, with_hessian, frame,
   return psi + d_value, g, hess, frame
 
 
+def _potential_gradient(potential: Potential, y: tf.Tensor,
+                        symbolic: bool) -> Tuple[tf.Tensor, tf.Tensor]:
+  """(ψ(y) [N], ∇ψ(y) [N, ambient]): `tf.gradients` when `symbolic` in a
+  graph, a tape otherwise (then differentiable again)."""
+  if symbolic and not tf.executing_eagerly():
+    psi = call_potential(potential, y)
+    return psi, tf.gradients(psi, y, unconnected_gradients=_ZERO)[0]
+  with tf.GradientTape() as tape:
+    tape.watch(y)
+    psi = call_potential(potential, y)
+  return psi, tape.gradient(psi, y, unconnected_gradients=_ZERO)
+
+
+def local_ambient_gradient(manifold: base.Manifold, potential: Potential,
+                           x: tf.Tensor, y: tf.Tensor,
+                           symbolic: bool = False) -> tf.Tensor:
+  """grad_y h(x, ·) = P_y ∇ψ(y) - log_y(x), [N, ambient].
+
+  The Riemannian gradient in ambient coordinates, in closed form (grad
+  ½d(x, ·)² = -log_·(x) away from the cut locus): no pass through exp or
+  d. With tapes it is differentiable in x and ψ's variables (the CG IFT
+  step); only x's tangent directions are defined.
+  """
+  egrad = _potential_gradient(potential, y, symbolic)[1]
+  return manifold.proju(y, egrad) - manifold.logmap(y, x)
+
+
+def local_hvp(manifold: base.Manifold, potential: Potential, x: tf.Tensor,
+              y: tf.Tensor, u: tf.Tensor,
+              identity_on_normals: bool = False) -> tf.Tensor:
+  """P Hess_y h P u [N, ambient] from the closed-form gradient field, for
+  the solvers (not differentiable again).
+
+  G(y) = P_y ∇ψ(y) - log_y(x) extends grad_y h off M; on an embedded M the
+  covariant derivative is the projected ambient one, ∇_v G = P DG v, and
+  the Riemannian Hessian is symmetric, so P ∇_y⟨G(y), c⟩ = Hess c for the
+  fixed tangent c = P_y u: one reverse pass through G (ψ twice, logmap
+  once) instead of two through h ∘ exp.
+  """
+  c = tf.stop_gradient(manifold.proju(y, u))
+  if not tf.executing_eagerly():
+    g = local_ambient_gradient(manifold, potential, x, y, symbolic=True)
+    out = tf.gradients(tf.reduce_sum(g * c, axis=-1), y,
+                       unconnected_gradients=_ZERO)[0]
+  else:
+    with tf.GradientTape() as tape:
+      tape.watch(y)
+      g = local_ambient_gradient(manifold, potential, x, y)
+      inner = tf.reduce_sum(g * c, axis=-1)
+    out = tape.gradient(inner, y, unconnected_gradients=_ZERO)
+  out = manifold.proju(y, out)
+  if identity_on_normals:
+    out = out + (u - manifold.proju(y, u))
+  return out
+
+
 def _ambient_pullback(manifold: base.Manifold, fn: Function,
                       y: tf.Tensor) -> Function:
   return lambda w: fn(manifold.expmap(y, manifold.proju(y, w)))

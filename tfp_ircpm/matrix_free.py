@@ -35,9 +35,9 @@ def pullback_gradient(manifold: base.Manifold, potential: Potential,
 def hvp(manifold: base.Manifold, potential: Potential, x: tf.Tensor,
         y: tf.Tensor) -> MatVec:
   """u ↦ (P Hess_y h P + I − P) u for u [N, ambient] (not differentiable)."""
-  h = deriv.cost_fn(manifold, potential, x)
-  return lambda u: deriv.hvp(manifold, h, y, tf.stop_gradient(u),
-                             symbolic=True, identity_on_normals=True)
+  return lambda u: deriv.local_hvp(manifold, potential, x, y,
+                                   tf.stop_gradient(u),
+                                   identity_on_normals=True)
 
 
 class CGResult(NamedTuple):

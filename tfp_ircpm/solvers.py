@@ -374,12 +374,14 @@ def _cg_solve_graph(manifold, potential, x, tolerance, max_iterations,
   h = deriv.cost_fn(manifold, potential, x)
 
   def grad_at(y):
-    return deriv.ambient_gradient(manifold, h, y, symbolic=True)
+    return deriv.local_ambient_gradient(manifold, potential, x, y,
+                                        symbolic=True)
 
   def newton_step(y, g):
     cg = matrix_free.conjugate_gradient(
-        lambda u: deriv.hvp(manifold, h, y, tf.stop_gradient(u),
-                            symbolic=True, identity_on_normals=True),
+        lambda u: deriv.local_hvp(manifold, potential, x, y,
+                                  tf.stop_gradient(u),
+                                  identity_on_normals=True),
         -g, rtol=1e-2, atol=0.1 * tol, max_iterations=cg_iterations)
     direction = tf.where(tf.norm(cg.solution, axis=-1, keepdims=True) > 0.,
                          cg.solution, -g)
@@ -451,13 +453,13 @@ def cg_implicit_step(manifold: base.Manifold, potential: Potential,
   x_stop = tf.stop_gradient(x)
   rtol = (cg_rtol if cg_rtol is not None
           else tolerances.for_dtype(x.dtype).cg)
-  h_stop = deriv.cost_fn(manifold, potential, x_stop)
 
   def inverse_hessian(rhs):
     def cg_solve(b):
       return matrix_free.conjugate_gradient(
-          lambda u: deriv.hvp(manifold, h_stop, y, tf.stop_gradient(u),
-                              symbolic=True, identity_on_normals=True),
+          lambda u: deriv.local_hvp(manifold, potential, x_stop, y,
+                                    tf.stop_gradient(u),
+                                    identity_on_normals=True),
           b, rtol=rtol, max_iterations=cg_iterations).solution
     return _autodiff.without_tapes(cg_solve, rhs)
 
@@ -467,8 +469,7 @@ def cg_implicit_step(manifold: base.Manifold, potential: Potential,
       return inverse_hessian(upstream), [None] * len(variables or [])
     return inverse_hessian(rhs), grad
 
-  f = deriv.ambient_gradient(manifold, deriv.cost_fn(manifold, potential, x),
-                             y)
+  f = deriv.local_ambient_gradient(manifold, potential, x, y)
   w = solve_op(f)
   return manifold.projx(manifold.expmap(y, -manifold.proju(y, w)))
 
