@@ -138,6 +138,13 @@ def test_frame_derivatives_match_finite_differences(name):
   np.testing.assert_allclose(g_only.numpy(), g.numpy(), atol=1e-14)
 
 
+# Every family whose closed forms compose: spheres, tori, products, powers.
+CLOSED_FORM_MANIFOLDS = {
+    'S2': S2, 'S3': M.Sphere(3), 'T2': T2,
+    'T1xS2': M.Product([M.Torus(1), S2]),
+    'S2pow3': M.Power(S2, 3), 'T1pow2': M.Power(M.Torus(1), 2)}
+
+
 def _pairs_on(manifold, n, seed, dtype, radius=2.5):
   """x, y with d(x, y) up to `radius` per factor, and y = x in the first row
   (where ½d² has its removable singularity)."""
@@ -160,10 +167,7 @@ def test_symbolic_mode_equals_tape_mode(name, dtype, atol):
   """The solver's symbolic derivatives, assembled from the manifolds'
   closed forms (`half_sq_dist_derivatives`, `exp_second_order_term`), equal
   the tape derivatives of the pull-back through exp and d."""
-  manifold = {'S2': S2, 'S3': M.Sphere(3), 'T2': T2,
-              'T1xS2': M.Product([M.Torus(1), S2]),
-              'S2pow3': M.Power(S2, 3), 'T1pow2': M.Power(M.Torus(1), 2),
-              }[name]
+  manifold = CLOSED_FORM_MANIFOLDS[name]
   x, y = _pairs_on(manifold, 16, seed=3, dtype=dtype)
   psi = ircpm.potentials.MLP(manifold, (8, 8), output_scale=0.5, seed=4,
                              dtype=dtype)
@@ -200,8 +204,7 @@ def test_tape_mode_gradient_is_closed_form_and_differentiable(name):
   """The IFT step's grad_y h (tape mode, no Hessian) comes from the closed
   forms; its derivatives in x and in ψ's variables equal those of the
   pull-back's gradient."""
-  manifold = {'S2': S2, 'T2': T2, 'T1xS2': M.Product([M.Torus(1), S2]),
-              'S2pow3': M.Power(S2, 3)}[name]
+  manifold = CLOSED_FORM_MANIFOLDS[name]
   x, y = _pairs_on(manifold, 12, seed=7, dtype=tf.float64)
   psi = ircpm.potentials.MLP(manifold, (8, 8), output_scale=0.5, seed=8,
                              dtype=tf.float64)
@@ -246,9 +249,7 @@ def test_inverse_jacobian_from_jacobi_fields(name, scale):
   of f⁻¹ = exp(grad ψ) in frames, and log|det| has the same gradients in y
   and ψ's variables: at the identity (ψ = 0), and with geodesic steps of
   0.5-1.6 rad (scale 8, the closed-form branches of every coefficient)."""
-  manifold = {'S2': S2, 'S3': M.Sphere(3), 'T2': T2,
-              'T1xS2': M.Product([M.Torus(1), S2]),
-              'S2pow3': M.Power(S2, 3)}[name]
+  manifold = CLOSED_FORM_MANIFOLDS[name]
   psi = ircpm.potentials.MLP(manifold, (8, 8), output_scale=scale or 1.,
                              zero_output=not scale, seed=0, dtype=tf.float64)
   y = manifold.random_uniform(24, tf.float64, seed=1)
@@ -275,8 +276,7 @@ def test_closed_form_hvp_and_gradient_for_conjugate_gradients(name):
   """`local_hvp` (one pass through the closed-form gradient field) and
   `local_ambient_gradient` equal the pull-back `hvp` and `ambient_gradient`
   of h, in a graph and eagerly, with and without `identity_on_normals`."""
-  manifold = {'S2': S2, 'T2': T2, 'T1xS2': M.Product([M.Torus(1), S2]),
-              'S2pow3': M.Power(S2, 3)}[name]
+  manifold = CLOSED_FORM_MANIFOLDS[name]
   x, y = _pairs_on(manifold, 12, seed=11, dtype=tf.float64)
   psi = ircpm.potentials.MLP(manifold, (8, 8), output_scale=0.5, seed=12,
                              dtype=tf.float64)
