@@ -307,11 +307,15 @@ def inverse_map(manifold: base.Manifold, potential: Potential,
   with tf.GradientTape() as tape:
     tape.watch(y)
     psi = call_potential(potential, y)
-  grad = manifold.proju(y, tape.gradient(psi, y, unconnected_gradients=_ZERO))
-  x = manifold.projx(manifold.expmap(y, grad))
-  x = tf.where(tf.math.is_finite(psi)[..., tf.newaxis], x,
-               tf.constant(float('nan'), x.dtype))
-  return x, psi
+  egrad = tape.gradient(psi, y, unconnected_gradients=_ZERO)
+  return _exp_of_gradient(manifold, y, psi, egrad), psi
+
+
+def _exp_of_gradient(manifold, y, psi, egrad):
+  """exp_y(P_y ∇ψ) [N, ambient], NaN where ψ(y) is not finite."""
+  x = manifold.projx(manifold.expmap(y, manifold.proju(y, egrad)))
+  return tf.where(tf.math.is_finite(psi)[..., tf.newaxis], x,
+                  tf.constant(float('nan'), x.dtype))
 
 
 def inverse_jacobian(manifold: base.Manifold, potential: Potential,
@@ -341,9 +345,7 @@ def inverse_jacobian(manifold: base.Manifold, potential: Potential,
   ehess = _autodiff.batch_jacobian(outer, egrad, y)             # [N, A, A]
   del outer
   w = manifold.proju(y, egrad)
-  x = manifold.projx(manifold.expmap(y, w))
-  x = tf.where(tf.math.is_finite(psi)[..., tf.newaxis], x,
-               tf.constant(float('nan'), x.dtype))
+  x = _exp_of_gradient(manifold, y, psi, egrad)
   frame_x = manifold.tangent_frame(x)
   fields = manifold.exp_jacobi_fields(y, w, frame_y, frame_x)
   if fields is None:
