@@ -180,14 +180,7 @@ def _closed_form_local(manifold, potential, x, y, with_hessian, frame,
   if dist is None:
     return None
   d_value, d_grad, d_hess = dist
-  if symbolic:
-    psi = call_potential(potential, y)
-    egrad = tf.gradients(psi, y, unconnected_gradients=_ZERO)[0]
-  else:
-    with tf.GradientTape() as tape:
-      tape.watch(y)
-      psi = call_potential(potential, y)
-    egrad = tape.gradient(psi, y, unconnected_gradients=_ZERO)
+  psi, egrad = _potential_gradient(potential, y, symbolic)
   g = tf.linalg.matvec(frame, egrad, transpose_a=True) + d_grad
   if not with_hessian:
     return psi + d_value, g, None, frame
@@ -334,14 +327,15 @@ def inverse_jacobian(manifold: base.Manifold, potential: Potential,
   """
   y = manifold.projx(y)
   frame_y = manifold.tangent_frame(y)
-  if manifold.exp_second_order_term(y, y, frame_y) is None:
-    return None
   with tf.GradientTape(persistent=True) as outer:
     outer.watch(y)
     with tf.GradientTape() as inner:
       inner.watch(y)
       psi = call_potential(potential, y)
     egrad = inner.gradient(psi, y, unconnected_gradients=_ZERO)
+  term = manifold.exp_second_order_term(y, egrad, frame_y)
+  if term is None:
+    return None
   ehess = _autodiff.batch_jacobian(outer, egrad, y)             # [N, A, A]
   del outer
   w = manifold.proju(y, egrad)
@@ -351,7 +345,6 @@ def inverse_jacobian(manifold: base.Manifold, potential: Potential,
   if fields is None:
     return None
   transport, d1, d2 = fields
-  hess = (tf.linalg.matmul(frame_y, tf.linalg.matmul(ehess, frame_y),
-                           transpose_a=True)
-          + manifold.exp_second_order_term(y, egrad, frame_y))
+  hess = tf.linalg.matmul(frame_y, tf.linalg.matmul(ehess, frame_y),
+                          transpose_a=True) + term
   return tf.linalg.matmul(transport, d1 + tf.linalg.matmul(d2, hess)), x
