@@ -6,12 +6,14 @@ Rezende & Racanière (2021), arXiv 2110.01288.
 from tfp_ircpm import bijectors
 from tfp_ircpm import bounds
 from tfp_ircpm import data
+from tfp_ircpm import density
 from tfp_ircpm import derivatives
 from tfp_ircpm import diagnostics
 from tfp_ircpm import distribute
 from tfp_ircpm import distributions
 from tfp_ircpm import export
 from tfp_ircpm import flows
+from tfp_ircpm import kde
 from tfp_ircpm import keras
 from tfp_ircpm import lattice
 from tfp_ircpm import logdet
@@ -42,8 +44,8 @@ except _metadata.PackageNotFoundError:  # a source tree that is not installed
 del _metadata
 
 __all__ = ['Chain', 'IRCPM', 'Power', 'Product', 'Sphere', 'Torus',
-           'bijectors', 'bounds', 'data', 'derivatives', 'diagnostics',
-           'distribute', 'distributions', 'export', 'flow_layers', 'flows',
-           'keras', 'lattice', 'logdet', 'losses', 'make_flow', 'manifolds',
-           'matrix_free', 'mcmc', 'metrics', 'potentials', 'solvers',
+           'bijectors', 'bounds', 'data', 'density', 'derivatives',
+           'diagnostics', 'distribute', 'distributions', 'export',
+           'flow_layers', 'flows', 'kde', 'keras', 'lattice', 'logdet',
+           'losses', 'make_flow', 'manifolds', 'matrix_free', 'mcmc', 'metrics', 'potentials', 'solvers',
            'targets', 'tolerances', 'training']

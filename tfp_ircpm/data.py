@@ -9,7 +9,7 @@ unit vectors x = (cos φ cos λ, cos φ sin λ, sin φ) (φ latitude, λ longitu
 """
 
 import os
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -97,6 +97,51 @@ def read_latlon(path: str) -> np.ndarray:
   return np.asarray(rows, np.float64)
 
 
+def read_columns(path: str, columns: Optional[Sequence[str]] = None,
+                 ) -> np.ndarray:
+  """Reads numeric columns of a CSV, [N, len(columns)] float64.
+
+  Skips blank lines and `#` comments. A first non-numeric line is the
+  header; `columns` picks columns by header name or by 0-based index
+  (default: every column). Errors name the file and 1-based line.
+  """
+  header, rows, index = None, [], None
+  with open(path, encoding='utf-8') as f:
+    for row, line in enumerate(f, start=1):
+      line = line.strip()
+      if not line or line.startswith('#'):
+        continue
+      fields = [t.strip() for t in line.split(',')]
+      if index is None:
+        if header is None and not rows and not _numeric(fields + ['0']):
+          header = fields
+          continue
+        index = _column_index(columns, header, len(fields), path)
+      if len(fields) <= max(index):
+        raise ValueError(f'{path}: row {row}: expected at least '
+                         f'{max(index) + 1} fields, got {line!r}.')
+      rows.append([_parse_float(fields[i], path, row,
+                                header[i] if header else f'column {i}')
+                   for i in index])
+  if not rows:
+    raise ValueError(f'{path}: no data rows.')
+  return np.asarray(rows, np.float64)
+
+
+def _column_index(columns, header, width, path):
+  if columns is None:
+    return list(range(width))
+  out = []
+  for c in columns:
+    if header is not None and c in header:
+      out.append(header.index(c))
+    elif str(c).isdigit() and int(c) < width:
+      out.append(int(c))
+    else:
+      raise ValueError(f'{path}: no column {c!r} (header: {header}).')
+  return out
+
+
 def _numeric(fields) -> bool:
   if len(fields) < 2:
     return False
@@ -139,6 +184,30 @@ def split(points: np.ndarray, seed: int,
   return Split(train=points[perm[:n_train]],
                validation=points[perm[n_train:n_train + n_val]],
                test=points[perm[n_train + n_val:]])
+
+
+def deduplicated(test: np.ndarray, train: np.ndarray,
+                 decimals: int = 9) -> np.ndarray:
+  """The rows of `test` whose coordinates occur nowhere in `train`.
+
+  Event catalogues repeat coordinates (Volcano: 267 distinct locations among
+  827 rows), so a random split puts exact copies of training points in the
+  test part, which a density can score arbitrarily well by memorising them.
+  Scoring on the remaining rows measures generalisation. Rows are compared
+  after rounding to `decimals` (points read from the same CSV text are
+  bit-identical; the rounding only absorbs conversions).
+
+  Args:
+    test: [N, D] points.
+    train: [N_train, D] points.
+
+  Returns:
+    [N', D], N' <= N, in `test`'s order.
+  """
+  test, train = np.asarray(test), np.asarray(train)
+  seen = {tuple(r) for r in np.round(train, decimals)}
+  keep = [tuple(r) not in seen for r in np.round(test, decimals)]
+  return test[np.asarray(keep, bool)]
 
 
 def load_dataset(name: str, data_path: str, seed: int,

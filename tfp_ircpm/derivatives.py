@@ -180,28 +180,58 @@ def _closed_form_local(manifold, potential, x, y, with_hessian, frame,
   if dist is None:
     return None
   d_value, d_grad, d_hess = dist
-  psi, egrad = _potential_gradient(potential, y, symbolic)
+  closed = potential_derivatives(potential, y, with_hessian)
+  if closed is not None:
+    psi, egrad, ehess = closed
+  else:
+    psi, egrad = _potential_gradient(potential, y, symbolic)
   g = tf.linalg.matvec(frame, egrad, transpose_a=True) + d_grad
   if not with_hessian:
     return psi + d_value, g, None, frame
   term = manifold.exp_second_order_term(y, egrad, frame)
   if term is None:
     return None
-  # ∇²ψ E_k column by column; E is held fixed, only ψ's curvature is wanted.
-  fixed = tf.stop_gradient(frame)
-  cols = [tf.gradients(tf.reduce_sum(egrad * fixed[..., k], axis=-1), y,
-                       unconnected_gradients=_ZERO)[0]
-          for k in range(manifold.dim)]
-  hess_psi = tf.linalg.matmul(frame, tf.stack(cols, axis=-1), transpose_a=True)
+  if closed is not None:
+    hess_psi = tf.linalg.matmul(frame, tf.linalg.matmul(ehess, frame),
+                                transpose_a=True)
+  else:
+    # ∇²ψ E_k column by column; E is held fixed, only ψ's curvature is
+    # wanted.
+    fixed = tf.stop_gradient(frame)
+    cols = [tf.gradients(tf.reduce_sum(egrad * fixed[..., k], axis=-1), y,
+                         unconnected_gradients=_ZERO)[0]
+            for k in range(manifold.dim)]
+    hess_psi = tf.linalg.matmul(frame, tf.stack(cols, axis=-1),
+                                transpose_a=True)
   hess = hess_psi + term + d_hess
   hess = 0.5 * (hess + tf.linalg.matrix_transpose(hess))
   return psi + d_value, g, hess, frame
 
 
+def potential_derivatives(potential: Potential, y: tf.Tensor,
+                          with_hessian: bool = True):
+  """ψ's own closed-form (ψ [N], ∇ψ [N, A], ∇²ψ [N, A, A] or None), or None.
+
+  A potential may define `ambient_derivatives(y, with_hessian)` (e.g.
+  `potentials.Wells`) to replace the nested tapes through it; the result
+  is differentiable in y and its variables like any TF expression. Points
+  y are [N, ambient_dim]; other ranks and potentials without the method
+  give None, and the callers differentiate ψ instead.
+  """
+  fn = getattr(potential, 'ambient_derivatives', None)
+  if fn is None or y.shape.rank != 2:
+    return None
+  return fn(y, with_hessian)
+
+
 def _potential_gradient(potential: Potential, y: tf.Tensor,
                         symbolic: bool) -> Tuple[tf.Tensor, tf.Tensor]:
-  """(ψ(y) [N], ∇ψ(y) [N, ambient]): `tf.gradients` when `symbolic` in a
-  graph, a tape otherwise (then differentiable again)."""
+  """(ψ(y) [N], ∇ψ(y) [N, ambient]): the potential's closed form, else
+  `tf.gradients` when `symbolic` in a graph, a tape otherwise (then
+  differentiable again)."""
+  closed = potential_derivatives(potential, y, with_hessian=False)
+  if closed is not None:
+    return closed[0], closed[1]
   if symbolic and not tf.executing_eagerly():
     psi = call_potential(potential, y)
     return psi, tf.gradients(psi, y, unconnected_gradients=_ZERO)[0]
@@ -297,10 +327,7 @@ def inverse_map(manifold: base.Manifold, potential: Potential,
   it would look flat and map y to itself.
   """
   y = manifold.projx(y)
-  with tf.GradientTape() as tape:
-    tape.watch(y)
-    psi = call_potential(potential, y)
-  egrad = tape.gradient(psi, y, unconnected_gradients=_ZERO)
+  psi, egrad = _potential_gradient(potential, y, symbolic=False)
   return _exp_of_gradient(manifold, y, psi, egrad), psi
 
 
@@ -327,17 +354,23 @@ def inverse_jacobian(manifold: base.Manifold, potential: Potential,
   """
   y = manifold.projx(y)
   frame_y = manifold.tangent_frame(y)
-  with tf.GradientTape(persistent=True) as outer:
-    outer.watch(y)
-    with tf.GradientTape() as inner:
-      inner.watch(y)
-      psi = call_potential(potential, y)
-    egrad = inner.gradient(psi, y, unconnected_gradients=_ZERO)
+  closed = potential_derivatives(potential, y)
+  if closed is not None:
+    psi, egrad, ehess = closed
+  else:
+    with tf.GradientTape(persistent=True) as outer:
+      outer.watch(y)
+      with tf.GradientTape() as inner:
+        inner.watch(y)
+        psi = call_potential(potential, y)
+      egrad = inner.gradient(psi, y, unconnected_gradients=_ZERO)
+    ehess = None
   term = manifold.exp_second_order_term(y, egrad, frame_y)
   if term is None:
     return None
-  ehess = _autodiff.batch_jacobian(outer, egrad, y)             # [N, A, A]
-  del outer
+  if ehess is None:
+    ehess = _autodiff.batch_jacobian(outer, egrad, y)           # [N, A, A]
+    del outer
   w = manifold.proju(y, egrad)
   x = _exp_of_gradient(manifold, y, psi, egrad)
   frame_x = manifold.tangent_frame(x)

@@ -333,6 +333,12 @@ class Wells(tf.Module):
       a fold barrier (`training.fit_nll(fold_penalty=)`) and check the
       result (`diagnostics.check_diffeomorphism`); the IRCPM's fold policy
       reports any det J_{f⁻¹} <= 0 it evaluates.
+    bound='crowd': s_i = sigmoid(w_i) / n_i with n_i = Σ_j exp(−κ_ij
+      ½|φ(c_i) − φ(c_j)|² / 8), κ_ij = min(κ_i, κ_j) (n_i >= 1 counts the
+      wells whose skirts reach c_i). A pile of k coincident wells then has
+      the budget of one, so skirts rarely add up to a fold, while isolated
+      wells keep the full per-well budget. Still not certified: use the
+      barrier and the check as for 'well'.
 
   Args:
     manifold: a `Manifold` with `unit_sphere_embedding`.
@@ -340,8 +346,8 @@ class Wells(tf.Module):
       points).
     concentration: initial κ, scalar or [M], > min_concentration.
     curvature: initial total share (bound='sum') or per-well share
-      (bound='well') of the budget, in (0, 1).
-    bound: 'sum' (certified) or 'well' (see above).
+      (bound='well', 'crowd': sigmoid(w_i)) of the budget, in (0, 1).
+    bound: 'sum' (certified), 'well' or 'crowd' (see above).
     min_concentration: κ_min >= 1.
     trainable_centres: whether the centres train.
     dtype: variable dtype (arithmetic follows the input's dtype).
@@ -365,8 +371,9 @@ class Wells(tf.Module):
       raise ValueError(
           f'Wells needs a manifold whose embedding is a product of unit '
           f'spheres (Manifold.unit_sphere_embedding); {manifold!r} is not.')
-    if bound not in ('sum', 'well'):
-      raise ValueError(f"bound must be 'sum' or 'well', got {bound!r}.")
+    if bound not in ('sum', 'well', 'crowd'):
+      raise ValueError(
+          f"bound must be 'sum', 'well' or 'crowd', got {bound!r}.")
     if not float(min_concentration) >= 1.:
       raise ValueError('min_concentration must be >= 1 (the gradient bound '
                        f'uses it), got {min_concentration}.')
@@ -420,7 +427,20 @@ class Wells(tf.Module):
     w = self.share_logits
     if self.bound == 'sum':
       return tf.nn.softmax(tf.concat([w, tf.zeros([1], w.dtype)], 0))[:-1]
+    if self.bound == 'crowd':
+      return tf.sigmoid(w) / self.crowding()
     return tf.sigmoid(w)
+
+  def crowding(self) -> tf.Tensor:
+    """n_i >= 1 of bound='crowd', [M] (see the class docstring)."""
+    e = self.manifold.embed(self.centres())
+    g = 0.5 * tf.reduce_sum(tf.square(e[:, tf.newaxis] - e[tf.newaxis]), -1)
+    k = self.concentrations()
+    kij = tf.minimum(k[:, tf.newaxis], k[tf.newaxis])
+    # exp(−κ r²/16) at separation r: two wells whose concave skirts (at
+    # r ≈ √(3/κ) from each) meet halfway, r ≈ 3.5/√κ, count each other
+    # about half.
+    return tf.reduce_sum(tf.exp(-0.125 * kij * g), axis=-1)
 
   def curvatures(self) -> tf.Tensor:
     """a_i = Hess ψ(c_i) of each well alone, [M]."""
@@ -434,6 +454,54 @@ class Wells(tf.Module):
     a, k = self.curvatures(), self.concentrations()
     return (tf.reduce_sum(a / tf.sqrt(math.e * k)),
             tf.reduce_sum(a * well_concavity(k)))
+
+  def ambient_derivatives(self, x: tf.Tensor, with_hessian: bool = True):
+    """(ψ [N], ∇ψ [N, A], ∇²ψ [N, A, A] or None) in closed form, or None.
+
+    Euclidean derivatives in ambient coordinates (the derivatives engine's
+    `derivatives.potential_derivatives` uses them instead of nested tapes,
+    which for M wells would differentiate a [N, M] graph three times in a
+    training step). With w_i = a_i e^{−κ_i g_i} and g_i as in the class
+    docstring,
+      ∇ψ = Σ_i w_i ∇g_i,   ∇²ψ = Σ_i w_i (∇²g_i − κ_i ∇g_i ∇g_iᵀ),
+    where on Sⁿ (x ∈ R^{n+1}) ∇g_i = x − c_i, ∇²g_i = I, and on Tⁿ (angles)
+    ∇g_i = sin(θ − c_i), ∇²g_i = diag cos(θ − c_i). Other manifolds: None
+    (the engine then uses tapes).
+
+    Args:
+      x: [N, ambient_dim].
+      with_hessian: also return ∇²ψ (else None in its place).
+    """
+    from tfp_ircpm.manifolds import sphere as sphere_lib  # pylint: disable=g-import-not-at-top
+    from tfp_ircpm.manifolds import torus as torus_lib  # pylint: disable=g-import-not-at-top
+    is_sphere = isinstance(self.manifold, sphere_lib.Sphere)
+    if not (is_sphere or isinstance(self.manifold, torus_lib.Torus)):
+      return None
+    dtype = x.dtype
+    c = tf.cast(self.centres(), dtype)                        # [M, A]
+    k = tf.cast(self.concentrations(), dtype)                 # [M]
+    a = tf.cast(self.curvatures(), dtype)
+    diff = x[:, tf.newaxis, :] - c                            # [N, M, A]
+    if is_sphere:
+      grad_g = diff
+      g = 0.5 * tf.reduce_sum(tf.square(diff), axis=-1)
+    else:
+      grad_g = tf.sin(diff)
+      # 1 − cos r = 2 sin²(r/2): no cancellation near the centres.
+      g = 2. * tf.reduce_sum(tf.square(tf.sin(0.5 * diff)), axis=-1)
+    e = tf.exp(-k * g)                                        # [N, M]
+    w = a * e
+    psi = -tf.reduce_sum((a / k) * e, axis=-1)
+    grad = tf.einsum('nm,nma->na', w, grad_g)
+    if not with_hessian:
+      return psi, grad, None
+    outer = tf.einsum('nm,nma,nmb->nab', w * k, grad_g, grad_g)
+    if is_sphere:
+      eye = tf.eye(self.manifold.ambient_dim, dtype=dtype)
+      curv = tf.reduce_sum(w, axis=-1)[:, tf.newaxis, tf.newaxis] * eye
+    else:
+      curv = tf.linalg.diag(tf.einsum('nm,nma->na', w, tf.cos(diff)))
+    return psi, grad, curv - outer
 
   def __call__(self, x: tf.Tensor) -> tf.Tensor:
     dtype = x.dtype

@@ -199,6 +199,8 @@ class ValidationMonitor:
   only while det J_{f⁻¹} > 0 (otherwise f⁻¹ folds, ∫q > 1, and its
   likelihood is meaningless); a fold stops training. Training also stops
   after `patience` evaluations without a better eligible validation NLL.
+  With `stop_on_fold=False` a folded check is only ineligible (a fold
+  barrier in the loss may undo it), and counts towards the patience.
   `restore_best()` puts the best eligible variables back.
 
   Attributes:
@@ -209,7 +211,8 @@ class ValidationMonitor:
   def __init__(self, q: tfd.Distribution, validation, every: int = 50,
                patience: int = 10, validity_points: int = 4096,
                batch_size: int = 4096,
-               variables: Optional[List[tf.Variable]] = None):
+               variables: Optional[List[tf.Variable]] = None,
+               stop_on_fold: bool = True):
     self.q = q
     self.validation = tf.convert_to_tensor(validation, q.dtype)
     self.every = int(every)
@@ -223,6 +226,7 @@ class ValidationMonitor:
     self._best_values = None
     self._since_best = 0
     self.folded = False
+    self.stop_on_fold = bool(stop_on_fold)
 
   def evaluate(self, step: int, loss: float) -> Dict:
     """Validation NLL and (optionally) min det J_{f⁻¹} now."""
@@ -265,8 +269,12 @@ class ValidationMonitor:
     if record.get('min_det', 1.) <= 0.:
       self.folded = True
       print(f'step {step}: f⁻¹ folds (min det {record["min_det"]:.3g}); '
-            'stopping', flush=True)
-      return True
+            + ('stopping' if self.stop_on_fold else 'not eligible'),
+            flush=True)
+      if self.stop_on_fold:
+        return True
+      self._since_best += 1
+      return self._since_best >= self.patience
     if record['validation_nll'] < self.best_validation:
       self._take_best(step, record)
       self._since_best = 0

@@ -1,0 +1,437 @@
+r"""Density estimation on data: one call that fits an IRCPM flow.
+
+`fit(train, validation, manifold)` returns a `tfd.Distribution` and a
+report. The model is a coarse-to-fine stack of IRCPMs whose potentials are
+sharp convex wells (`potentials.Wells`) centred at training points, on the
+uniform base: layer l has wells of concentration κ_l (the κ_l rise
+geometrically, so the first layers move mass between regions and the last
+ones between neighbouring events), and every density gain is made by the
+IRCPM layers themselves.
+
+Why wells, and why a stack. Maximum likelihood needs no c-transform solve,
+and the only hard constraint is det J_{f⁻¹} > 0 (a lower bound on Hess ψ).
+A well of curvature a at c multiplies the density at c by about (1 + a)ⁿ
+(`potentials.Wells`), on the length scale 1/√κ; its concave skirt is what
+limits a (a·m(κ) below the budget, `potentials.well_concavity`), so one
+layer gains at most about n·log 3 nats at a point and depth does the rest.
+
+Crowding. Wells whose skirts overlap add their concavities, so each well's
+share of the budget is divided by how many wells of its layer reach it
+(`potentials.Wells(bound='crowd')`); the stack starts close to, but not
+at, the identity, with det J_{f⁻¹} > 0.
+
+Training (`training.train` with a `training.ValidationMonitor`): Adam on
+minibatches, validation model selection, early stopping, and the fold
+barrier of `training.fit_nll` evaluated where folds would happen: on uniform
+points and on rings around the training batch at each layer's skirt radius
+√(3/κ_l). The selected model must pass
+`diagnostics.check_diffeomorphism`; the report says whether it did.
+
+Command line:
+
+  python -m tfp_ircpm.density --csv FILE [--columns lat,lon | --angles]
+"""
+
+import dataclasses
+import math
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+import tf_keras
+
+from tfp_ircpm import diagnostics
+from tfp_ircpm import flows
+from tfp_ircpm import losses
+from tfp_ircpm import potentials
+from tfp_ircpm import training
+from tfp_ircpm.manifolds import base as base_lib
+from tfp_ircpm.manifolds import sphere as sphere_lib
+from tfp_ircpm.manifolds import torus as torus_lib
+
+tfd = tfp.distributions
+
+DEFAULT_CONCENTRATIONS = (30., 100., 300., 1e3, 3e3, 1e4, 3e4)
+
+
+@dataclasses.dataclass
+class FitReport:
+  """What `fit` did.
+
+  Attributes:
+    validation_nll, train_nll: mean NLL (nats, w.r.t. the manifold's
+      volume) of the selected model.
+    base_validation_nll: the base alone (the uniform density: log vol M).
+    best_step, steps_run, seconds: model selection and cost.
+    stopped_by: 'steps', 'early_stopping' or 'time_budget'.
+    folds_seen: validation checks whose min det J_{f⁻¹} <= 0 (never
+      selected).
+    diffeomorphism: the selected model's `DiffeomorphismReport`.
+    config: the settings used.
+    history: the validation checks (step, train_loss, validation_nll,
+      min_det).
+  """
+  validation_nll: float
+  train_nll: float
+  base_validation_nll: float
+  best_step: int
+  steps_run: int
+  seconds: float
+  stopped_by: str
+  folds_seen: int
+  diffeomorphism: diagnostics.DiffeomorphismReport
+  config: Dict
+  history: List[Dict]
+
+  def summary(self) -> str:
+    return (f'validation NLL {self.validation_nll:.4f} (base alone '
+            f'{self.base_validation_nll:.4f}), train NLL '
+            f'{self.train_nll:.4f}; step {self.best_step} of '
+            f'{self.steps_run} ({self.stopped_by}), {self.seconds:.0f} s; '
+            + self.diffeomorphism.summary())
+
+
+def _check_points(points, manifold: base_lib.Manifold, name: str,
+                  dtype) -> np.ndarray:
+  points = np.asarray(points, tf.as_dtype(dtype).as_numpy_dtype)
+  if points.ndim != 2 or points.shape[1] != manifold.ambient_dim or (
+      points.shape[0] < 1):
+    raise ValueError(f'{name} must have shape [N >= 1, '
+                     f'{manifold.ambient_dim}], got {points.shape}.')
+  if not np.all(np.isfinite(points)):
+    raise ValueError(f'{name} has non-finite values.')
+  try:
+    # Eagerly, each assertion raises as it is made.
+    manifold.membership_assertions(tf.constant(points))
+  except tf.errors.InvalidArgumentError as e:
+    raise ValueError(f'{name}: {e.message}') from None
+  return points
+
+
+def _distinct(points: np.ndarray) -> np.ndarray:
+  return np.unique(np.round(points, 9), axis=0).astype(points.dtype)
+
+
+def well_layers(manifold: base_lib.Manifold, train_points: np.ndarray,
+                concentrations: Sequence[float], num_centres: int,
+                share: float, seed: int, dtype) -> List[potentials.Wells]:
+  """One `potentials.Wells` per κ_l, centred at distinct training points.
+
+  The wells use bound='crowd': well i gets sigmoid(w_i)/n_i of the budget,
+  n_i counting the wells whose skirts reach c_i, so a cluster of wells
+  acts like one well and skirts rarely pile up into a fold; all start at
+  sigmoid(w_i) = `share`. κ_min = κ_l/2 keeps Lemma 4's gradient term
+  small, so nearly all of the budget goes to curvature. Centres stay
+  fixed: a move of one well width would cost more likelihood than it
+  could gain.
+  """
+  rng = np.random.default_rng(seed)
+  distinct = _distinct(train_points)
+  psis = []
+  for l, kappa in enumerate(concentrations):
+    m = min(int(num_centres), len(distinct))
+    centres = distinct[rng.choice(len(distinct), m, replace=False)]
+    psis.append(potentials.Wells(
+        manifold, centres, concentration=float(kappa), curvature=share,
+        bound='crowd', min_concentration=float(kappa) / 2.,
+        trainable_centres=False, dtype=dtype, name=f'wells{l}'))
+  return psis
+
+
+def _rings(manifold: base_lib.Manifold, x: tf.Tensor, radius: float,
+           seed) -> tf.Tensor:
+  """exp_x(v) for random tangent v with |v| ∈ radius·[0.3, 2]."""
+  s1, s2 = tfp.random.split_seed(seed)
+  v = manifold.proju(x, tf.random.stateless_normal(tf.shape(x), s1,
+                                                   dtype=x.dtype))
+  norm = tf.norm(v, axis=-1, keepdims=True)
+  length = radius * tf.random.stateless_uniform(
+      tf.concat([tf.shape(x)[:1], [1]], 0), s2, 0.3, 2., dtype=x.dtype)
+  return manifold.expmap(x, v / tf.maximum(norm, 1e-12) * length)
+
+
+def fit(train_points, validation_points, manifold: base_lib.Manifold,
+        time_budget_s: Optional[float] = None, seed: int = 0,
+        concentrations: Sequence[float] = DEFAULT_CONCENTRATIONS,
+        num_centres: int = 500, share: float = 0.3, steps: int = 2000,
+        batch_size: int = 512, learning_rate: float = 1e-2,
+        eval_every: int = 50, patience: int = 6,
+        fold_penalty: float = 1e4, fold_margin: float = 0.2,
+        penalty_points: int = 512, check_points: int = 20000,
+        jit_compile: bool = True, dtype=tf.float32, verbose: bool = True):
+  """Fits a coarse-to-fine wells flow by maximum likelihood (module doc).
+
+  Args:
+    train_points: [N, ambient_dim] points of `manifold` (Sⁿ: unit vectors;
+      Tⁿ: angles in radians).
+    validation_points: [N_val, ambient_dim], for model selection and early
+      stopping only.
+    manifold: a `Sphere` or a `Torus`.
+    time_budget_s: stop training after this many seconds (the selected
+      checkpoint is still the best on validation); None: `steps` only.
+    seed: of the centres, the minibatches and the barrier points.
+    concentrations: κ_l of the layers, coarse to fine.
+    num_centres: wells per layer (at most the distinct training points).
+    share: initial budget share of overlapping wells (see `well_layers`).
+    steps, batch_size, learning_rate: Adam with cosine decay.
+    eval_every, patience: validation checks and early stopping.
+    fold_penalty, fold_margin, penalty_points: the fold barrier.
+    check_points: uniform points of the final `check_diffeomorphism`.
+    jit_compile: XLA-compile the training step.
+    dtype: of the model.
+    verbose: print progress.
+
+  Returns:
+    (q, report): the fitted `tfd.TransformedDistribution` and a `FitReport`.
+  """
+  if not isinstance(manifold, (sphere_lib.Sphere, torus_lib.Torus)):
+    raise TypeError(f'fit supports Sphere and Torus, got {manifold!r}.')
+  train_np = _check_points(train_points, manifold, 'train_points', dtype)
+  val_np = _check_points(validation_points, manifold, 'validation_points',
+                         dtype)
+  config = dict(concentrations=[float(k) for k in concentrations],
+                num_centres=int(num_centres), share=float(share),
+                steps=int(steps), batch_size=int(batch_size),
+                learning_rate=float(learning_rate), eval_every=eval_every,
+                patience=patience, fold_penalty=fold_penalty,
+                fold_margin=fold_margin, penalty_points=penalty_points,
+                time_budget_s=time_budget_s, seed=seed,
+                dtype=tf.as_dtype(dtype).name)
+  psis = well_layers(manifold, train_np, concentrations, num_centres, share,
+                     seed, dtype)
+  q = flows.make_flow(manifold, len(psis), potential=psis, dtype=dtype)
+  train_t = tf.constant(train_np)
+  n = len(train_np)
+  batch = min(int(batch_size), n)
+  radii = [math.sqrt(3. / float(k)) for k in concentrations]
+  links = flows.distinct(flows.bijector_layers(q.bijector))
+  num_uniform = int(penalty_points) // 2
+  num_ring = max(1, int(penalty_points) // (2 * len(radii)))
+
+  def loss_fn(s):
+    s_batch, s_uniform, s_rings = tfp.random.split_seed(s, n=3)
+    idx = tf.random.stateless_uniform([batch], s_batch, 0, n, dtype=tf.int32)
+    x = tf.gather(train_t, idx)
+    loss = losses.nll_loss(q, x)
+    if not fold_penalty:
+      return loss
+    # Each link's concave skirts lie at about √(3/κ_l) from its centres,
+    # which are training points; uniform points alone would almost never
+    # land there at the fine scales. The wells fix their centres, so the
+    # data are nearly fixed points of every link and the rings need no
+    # pull-back through the later links.
+    ring_seeds = tfp.random.split_seed(s_rings, n=len(radii))
+    y = tf.concat(
+        [manifold.uniform(dtype).sample(num_uniform, seed=s_uniform),
+         x[:num_ring]] +
+        [_rings(manifold, x[:num_ring], r, ring_seeds[l])
+         for l, r in enumerate(radii)], 0)
+    for link in links:
+      det = link.inverse_jacobian_determinant(y)
+      loss += fold_penalty * tf.reduce_mean(
+          tf.square(tf.nn.relu(fold_margin - det)))
+    return loss
+
+  # As many uniform points as the final check: fine-scale skirt overlaps
+  # are small targets, and a checkpoint is only eligible without a fold.
+  monitor = training.ValidationMonitor(q, val_np, every=eval_every,
+                                       patience=patience, stop_on_fold=False,
+                                       validity_points=check_points)
+  start = time.time()
+  monitor.consider_initial()
+  stopped = {'by': 'steps'}
+
+  def callback(step, loss):
+    if monitor(step, loss):
+      stopped['by'] = 'early_stopping'
+      return True
+    if time_budget_s is not None and time.time() - start > time_budget_s:
+      stopped['by'] = 'time_budget'
+      monitor.check(step, loss)
+      return True
+    return False
+
+  schedule = tf_keras.optimizers.schedules.CosineDecay(learning_rate, steps)
+  losses_run = training.train(
+      loss_fn, monitor.variables, int(steps),
+      optimizer=tf_keras.optimizers.Adam(schedule), seed=seed,
+      log_every=100 if verbose else 0, jit_compile=jit_compile,
+      callback=callback)
+  last = len(losses_run) - 1
+  if stopped['by'] == 'steps' and monitor.history[-1]['step'] != last:
+    monitor.check(last, losses_run[-1])
+  monitor.restore_best()
+  seconds = time.time() - start
+  report = diagnostics.check_diffeomorphism(
+      q.bijector, num_points=check_points,
+      points=tf.constant(np.concatenate([train_np, val_np])), seed=seed)
+  base_nll = math.log(manifold.volume)
+  result = FitReport(
+      validation_nll=monitor.best_validation,
+      train_nll=training.batched_nll(q, train_np),
+      base_validation_nll=base_nll, best_step=monitor.best_step,
+      steps_run=len(losses_run), seconds=seconds, stopped_by=stopped['by'],
+      folds_seen=sum(r.get('min_det', 1.) <= 0. for r in monitor.history),
+      diffeomorphism=report, config=config, history=monitor.history)
+  if verbose:
+    print(result.summary(), flush=True)
+  return q, result
+
+
+def save_density_map(path: str, q, manifold, test_points, title: str) -> bool:
+  """A PNG of log q on a grid (S²: latitude/longitude; T²: the two angles)
+  with the test points; False without matplotlib or for other manifolds."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  from tfp_ircpm import data as data_lib  # pylint: disable=g-import-not-at-top
+  from tfp_ircpm import metrics  # pylint: disable=g-import-not-at-top
+  if isinstance(manifold, sphere_lib.Sphere) and manifold.dim == 2:
+    u, v = np.meshgrid(np.linspace(-180., 180., 240), np.linspace(-90., 90., 120))
+    grid = data_lib.latlon_to_sphere(np.stack([v, u], -1)).reshape(-1, 3)
+    test = data_lib.sphere_to_latlon(test_points)[:, ::-1]
+    labels = ('longitude (°)', 'latitude (°)')
+  elif isinstance(manifold, torus_lib.Torus) and manifold.dim == 2:
+    u, v = np.meshgrid(np.linspace(0., 2. * np.pi, 160),
+                       np.linspace(0., 2. * np.pi, 160))
+    grid = np.stack([u, v], -1).reshape(-1, 2)
+    test = np.mod(test_points, 2. * np.pi)
+    labels = ('θ₁', 'θ₂')
+  else:
+    return False
+  log_prob = metrics.log_prob_fn(q)
+  log_q = np.concatenate([
+      log_prob(tf.constant(grid[i:i + 4096], q.dtype)).numpy()
+      for i in range(0, len(grid), 4096)]).reshape(u.shape)
+  fig, ax = plt.subplots(figsize=(10, 5))
+  # Sharp wells leave a long low tail: show the top 12 nats.
+  mesh = ax.pcolormesh(u, v, log_q, shading='auto', cmap='viridis',
+                       vmin=max(np.nanmin(log_q), np.nanmax(log_q) - 12.))
+  fig.colorbar(mesh, ax=ax, label='log density (nats)')
+  ax.scatter(test[:, 0], test[:, 1], s=3, c='red', label='test points')
+  ax.set_xlabel(labels[0])
+  ax.set_ylabel(labels[1])
+  ax.set_title(title)
+  ax.legend(loc='lower left')
+  fig.savefig(path, dpi=90, bbox_inches='tight')
+  plt.close(fig)
+  return True
+
+
+def evaluate(q, train_points, test_points, manifold) -> Dict:
+  """Test NLL of q and of the tuned KDE baseline, raw and deduplicated.
+
+  `test_points` rows whose coordinates also occur in `train_points` are
+  dropped for the deduplicated figures (`data.deduplicated`).
+  """
+  from tfp_ircpm import data as data_lib  # pylint: disable=g-import-not-at-top
+  dedup = data_lib.deduplicated(test_points, train_points)
+  out = dict(test_nll=training.batched_nll(
+      q, np.asarray(test_points, q.dtype.as_numpy_dtype)),
+             num_test=len(test_points), num_test_deduplicated=len(dedup))
+  out['test_nll_deduplicated'] = (training.batched_nll(
+      q, dedup.astype(q.dtype.as_numpy_dtype)) if len(dedup) else None)
+  return out
+
+
+def main(argv=None) -> Dict:
+  """`python -m tfp_ircpm.density --csv FILE ...`: split, fit, report."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from tfp_ircpm import data as data_lib  # pylint: disable=g-import-not-at-top
+  from tfp_ircpm import kde as kde_lib  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(
+      prog='python -m tfp_ircpm.density',
+      description='Fit an IRCPM density to points in a CSV: latitude/'
+      'longitude in degrees (S²), or angles in radians (Tⁿ, --angles).')
+  parser.add_argument('--csv', required=True, help='the data file')
+  parser.add_argument('--columns', default=None,
+                      help='comma-separated column names or 0-based '
+                      'indices (default: lat,lon = the first two columns; '
+                      'with --angles, every column)')
+  parser.add_argument('--angles', action='store_true',
+                      help='the columns are angles in radians: a torus')
+  parser.add_argument('--seed', type=int, default=0,
+                      help='seed of the 80/10/10 split and of the fit')
+  parser.add_argument('--time_budget_s', type=float, default=600.)
+  parser.add_argument('--steps', type=int, default=2000)
+  parser.add_argument('--concentrations', default=None,
+                      help='comma-separated κ of the layers, coarse to fine '
+                      f'(default {",".join(f"{k:g}" for k in DEFAULT_CONCENTRATIONS)})')
+  parser.add_argument('--num_centres', type=int, default=500,
+                      help='wells per layer')
+  parser.add_argument('--check_points', type=int, default=20000,
+                      help='uniform points of the final diffeomorphism check')
+  parser.add_argument('--output_dir', default='density_results')
+  parser.add_argument('--no_kde', action='store_true',
+                      help='skip the tuned KDE baseline')
+  args = parser.parse_args(argv)
+  columns = args.columns.split(',') if args.columns else None
+  if args.angles:
+    points = data_lib.read_columns(args.csv, columns)
+    manifold = torus_lib.Torus(points.shape[1])
+    points = np.mod(points, 2. * np.pi)
+  else:
+    if columns is None:
+      latlon = data_lib.read_latlon(args.csv)
+    else:
+      if len(columns) != 2:
+        raise SystemExit('--columns needs two columns (latitude,longitude).')
+      latlon = data_lib.read_columns(args.csv, columns)
+    points = data_lib.latlon_to_sphere(latlon)
+    manifold = sphere_lib.Sphere(2)
+  split = data_lib.split(points, args.seed)
+  tf.random.set_seed(args.seed)
+  q, report = fit(split.train, split.validation, manifold,
+                  time_budget_s=args.time_budget_s, seed=args.seed,
+                  steps=args.steps, num_centres=args.num_centres,
+                  check_points=args.check_points,
+                  concentrations=(
+                      [float(k) for k in args.concentrations.split(',')]
+                      if args.concentrations else DEFAULT_CONCENTRATIONS))
+  result = dict(csv=os.path.abspath(args.csv), manifold=repr(manifold),
+                seed=args.seed, num_points=len(points),
+                **evaluate(q, split.train, split.test, manifold),
+                validation_nll=report.validation_nll,
+                train_nll=report.train_nll,
+                base_alone_test_nll=report.base_validation_nll,
+                best_step=report.best_step, steps_run=report.steps_run,
+                train_seconds=report.seconds, stopped_by=report.stopped_by,
+                folds_seen=report.folds_seen,
+                diffeomorphism=report.diffeomorphism._asdict(),
+                config=report.config)
+  if not args.no_kde:
+    tuned = kde_lib.tune(manifold, split.train, split.validation)
+    dedup = data_lib.deduplicated(split.test, split.train)
+    result['kde'] = dict(
+        concentration=tuned.concentration,
+        test_nll=kde_lib.mean_nll(tuned.distribution, split.test),
+        test_nll_deduplicated=(kde_lib.mean_nll(tuned.distribution, dedup)
+                               if len(dedup) else None))
+  os.makedirs(args.output_dir, exist_ok=True)
+  stem = os.path.join(args.output_dir, os.path.splitext(
+      os.path.basename(args.csv))[0] + f'_seed{args.seed}')
+  if save_density_map(stem + '.png', q, manifold, split.test,
+                 f'{os.path.basename(args.csv)} (seed {args.seed}): test '
+                 f'NLL {result["test_nll"]:.3f}'):
+    result['figure'] = stem + '.png'
+  with open(stem + '.json', 'w') as f:
+    json.dump(result, f, indent=2, default=float)
+  print(f'test NLL {result["test_nll"]:.4f} nats ({result["num_test"]} '
+        'points); deduplicated '
+        + (f'{result["test_nll_deduplicated"]:.4f} '
+           f'({result["num_test_deduplicated"]} points)'
+           if result['test_nll_deduplicated'] is not None else '–')
+        + (f'; tuned KDE {result["kde"]["test_nll"]:.4f}'
+           if 'kde' in result else '') + f'; wrote {stem}.json', flush=True)
+  return result
+
+
+if __name__ == '__main__':
+  main()
