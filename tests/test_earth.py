@@ -207,6 +207,24 @@ def test_model_selection_can_keep_the_starting_weights():
     np.testing.assert_array_equal(v.numpy(), v0)
 
 
+def test_validation_monitor_keeps_the_runners_up():
+  train_pts, val_pts = _vmf_data(300, 8), _vmf_data(100, 9)
+  base = ircpm.distributions.vmf_mixture(train_pts[:10], 2.)
+  monitor = training.ValidationMonitor(base, val_pts, every=5, patience=100,
+                                       keep=3)
+  monitor.consider_initial()
+  training.train(lambda s: ircpm.losses.nll_loss(base, train_pts),
+                 monitor.variables, 30, learning_rate=5e-2, log_every=0,
+                 callback=monitor)
+  nlls = [c[0] for c in monitor.candidates]
+  assert nlls == sorted(h['validation_nll'] for h in monitor.history)[:3]
+  for rank, nll in enumerate(nlls):
+    step = monitor.restore_candidate(rank)
+    assert step == monitor.candidates[rank][1]
+    assert training.batched_nll(base, val_pts) == pytest.approx(nll,
+                                                                rel=1e-6)
+
+
 def test_ircpm_flow_shares_or_separates_parameters():
   sphere = M.Sphere(2)
   shared = training.ircpm_flow(sphere, 3, (8, 8), shared=True)
@@ -230,11 +248,12 @@ def test_earth_example_end_to_end_on_a_synthetic_file(tmp_path):
   log = subprocess.run(
       [sys.executable, str(ROOT / 'examples' / 'earth.py'),
        f'--data_path={tmp_path}', '--dataset=volcano', '--seed=1',
-       '--steps=40', '--concentrations=10,60', '--num_centres=40',
+       '--steps=40', '--base=uniform', '--concentrations=10,60',
+       '--num_centres=40',
        '--check_points=1000', f'--output_dir={out}'],
       capture_output=True, text=True, env=env, timeout=600)
   assert log.returncode == 0, log.stderr[-3000:]
-  result = json.loads((out / 'volcano_seed1.json').read_text())
+  result = json.loads((out / 'volcano_uniform_seed1.json').read_text())
   assert result['test_nll'] < math.log(4 * math.pi) - 0.2   # learned
   assert result['diffeomorphism']['passed']
   assert result['kde']['test_nll'] < math.log(4 * math.pi) - 0.2
@@ -247,9 +266,9 @@ def test_earth_example_end_to_end_on_a_synthetic_file(tmp_path):
   # matplotlib is optional (not in setup.py): the example then skips the
   # figure, and a clean CI install has none.
   if importlib.util.find_spec('matplotlib') is not None:
-    assert (out / 'volcano_seed1.png').stat().st_size > 10000
+    assert (out / 'volcano_uniform_seed1.png').stat().st_size > 10000
   else:
-    assert not (out / 'volcano_seed1.png').exists()
+    assert not (out / 'volcano_uniform_seed1.png').exists()
 
 
 @pytest.mark.slow
@@ -262,7 +281,7 @@ def test_volcano_beats_the_uniform_density_by_a_wide_margin(tmp_path):
        f'--data_path={SHARED}', '--dataset=volcano', '--seed=0',
        '--check_points=20000', f'--output_dir={tmp_path}'],
       capture_output=True, text=True, env=env, timeout=3000, check=True)
-  result = json.loads((tmp_path / 'volcano_seed0.json').read_text())
+  result = json.loads((tmp_path / 'volcano_vmf_mixture_seed0.json').read_text())
   assert result['diffeomorphism']['passed']
   # uniform: log 4π ≈ 2.53; Moser Flow's published mean: −4.21.
   assert result['test_nll'] < -3.

@@ -171,7 +171,7 @@ def test_variables_gradients_and_validation():
     P.Wells(m, np.zeros([2, 2]))
   with pytest.raises(ValueError, match='exceed'):
     P.Wells(m, np.eye(3), concentration=1.)
-  with pytest.raises(ValueError, match="'sum' or 'well'"):
+  with pytest.raises(ValueError, match="'sum', 'well' or 'crowd'"):
     P.Wells(m, np.eye(3), bound='both')
 
 
@@ -184,3 +184,22 @@ class _Flat(M.Torus):
   @property
   def unit_sphere_embedding(self):
     return False
+
+
+def test_crowd_bound_gives_coincident_wells_the_budget_of_one():
+  """bound='crowd': k wells at one point act exactly as one well there,
+  and a lone well keeps its full share."""
+  m = M.Sphere(2)
+  pile = np.repeat([[0., 0., 1.]], 5, 0)
+  lone = np.array([[1., 0., 0.]])
+  crowd = P.Wells(m, np.concatenate([pile, lone]), concentration=100.,
+                  curvature=0.9, bound='crowd', dtype=tf.float64)
+  one = P.Wells(m, np.concatenate([pile[:1], lone]), concentration=100.,
+                curvature=0.9, bound='well', dtype=tf.float64)
+  np.testing.assert_allclose(crowd.crowding(), [5.] * 5 + [1.], atol=1e-5)
+  y = m.uniform(tf.float64).sample(2000, seed=3)
+  np.testing.assert_allclose(crowd(y), one(y), atol=1e-6)
+  # The concavity bound of the pile is that of one well, not five.
+  np.testing.assert_allclose(crowd.gradient_and_concavity_bounds()[1],
+                             one.gradient_and_concavity_bounds()[1],
+                             rtol=1e-5)

@@ -43,6 +43,7 @@ import tensorflow_probability as tfp
 import tf_keras
 
 from tfp_ircpm import diagnostics
+from tfp_ircpm import distributions
 from tfp_ircpm import flows
 from tfp_ircpm import losses
 from tfp_ircpm import potentials
@@ -53,7 +54,11 @@ from tfp_ircpm.manifolds import torus as torus_lib
 
 tfd = tfp.distributions
 
-DEFAULT_CONCENTRATIONS = (30., 100., 300., 1e3, 3e3, 1e4, 3e4)
+# κ_l of the layers, coarse to fine. On the uniform base the stack has to
+# move mass between regions first; on a fitted mixture the mass is already
+# there and the layers sharpen it at the data.
+UNIFORM_BASE_CONCENTRATIONS = (30., 100., 300., 1e3, 3e3, 1e4, 3e4)
+MIXTURE_BASE_CONCENTRATIONS = (3e3, 1e4, 3e4, 1e5)
 
 
 @dataclasses.dataclass
@@ -63,11 +68,15 @@ class FitReport:
   Attributes:
     validation_nll, train_nll: mean NLL (nats, w.r.t. the manifold's
       volume) of the selected model.
-    base_validation_nll: the base alone (the uniform density: log vol M).
-    best_step, steps_run, seconds: model selection and cost.
+    base_validation_nll: the base alone (the uniform density: log vol M;
+      a fitted mixture: its own validation NLL).
+    best_step, steps_run, seconds: the selected checkpoint and the cost
+      of training (the final check not included).
     stopped_by: 'steps', 'early_stopping' or 'time_budget'.
     folds_seen: validation checks whose min det J_{f⁻¹} <= 0 (never
       selected).
+    rejected_by_check: steps of better checkpoints that the final
+      `check_diffeomorphism` rejected (then the next best was checked).
     diffeomorphism: the selected model's `DiffeomorphismReport`.
     config: the settings used.
     history: the validation checks (step, train_loss, validation_nll,
@@ -81,6 +90,7 @@ class FitReport:
   seconds: float
   stopped_by: str
   folds_seen: int
+  rejected_by_check: List[int]
   diffeomorphism: diagnostics.DiffeomorphismReport
   config: Dict
   history: List[Dict]
@@ -154,12 +164,16 @@ def _rings(manifold: base_lib.Manifold, x: tf.Tensor, radius: float,
 
 def fit(train_points, validation_points, manifold: base_lib.Manifold,
         time_budget_s: Optional[float] = None, seed: int = 0,
-        concentrations: Sequence[float] = DEFAULT_CONCENTRATIONS,
-        num_centres: int = 500, share: float = 0.3, steps: int = 2000,
-        batch_size: int = 512, learning_rate: float = 1e-2,
+        concentrations: Optional[Sequence[float]] = None,
+        num_centres: int = 500, share: Optional[float] = None,
+        steps: int = 2000, batch_size: int = 512,
+        learning_rate: Optional[float] = None,
         eval_every: int = 50, patience: int = 6,
         fold_penalty: float = 1e4, fold_margin: float = 0.2,
-        penalty_points: int = 512, check_points: int = 20000,
+        penalty_points: int = 512, validity_points: int = 5000,
+        check_points: int = 20000, keep: int = 3,
+        base: str = 'auto', base_components: int = 500,
+        base_steps: int = 1500,
         jit_compile: bool = True, dtype=tf.float32, verbose: bool = True):
   """Fits a coarse-to-fine wells flow by maximum likelihood (module doc).
 
@@ -172,13 +186,29 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
     time_budget_s: stop training after this many seconds (the selected
       checkpoint is still the best on validation); None: `steps` only.
     seed: of the centres, the minibatches and the barrier points.
-    concentrations: κ_l of the layers, coarse to fine.
+    concentrations: κ_l of the layers, coarse to fine (default
+      `UNIFORM_BASE_CONCENTRATIONS` or `MIXTURE_BASE_CONCENTRATIONS`).
     num_centres: wells per layer (at most the distinct training points).
-    share: initial budget share of overlapping wells (see `well_layers`).
-    steps, batch_size, learning_rate: Adam with cosine decay.
+    share: initial budget share of each well (see `well_layers`; default
+      0.3 on the uniform base, 0.05 on a mixture, whose sharp components
+      a strong start would blur).
+    steps, batch_size, learning_rate: Adam with cosine decay (learning
+      rate default 1e-2 on the uniform base, 3e-2 on a mixture).
     eval_every, patience: validation checks and early stopping.
     fold_penalty, fold_margin, penalty_points: the fold barrier.
+    validity_points: uniform points of the monitor's fold check at each
+      validation check (a checkpoint with det J_{f⁻¹} <= 0 there is
+      never selected).
     check_points: uniform points of the final `check_diffeomorphism`.
+    keep: eligible checkpoints kept for the final check (the best that
+      passes is returned).
+    base: 'auto' ('vmf_mixture' on Sⁿ, 'uniform' on Tⁿ), 'uniform', or
+      'vmf_mixture' (Sⁿ only): a mixture of
+      `base_components` von Mises–Fisher densities centred at training
+      points, fitted alone first (`training.fit_nll`, at most `base_steps`
+      Adam steps, validation model selection) and then fixed while the
+      IRCPM layers train on it. Its validation NLL is the report's
+      `base_validation_nll`, the ablation of the layers.
     jit_compile: XLA-compile the training step.
     dtype: of the model.
     verbose: print progress.
@@ -188,6 +218,17 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
   """
   if not isinstance(manifold, (sphere_lib.Sphere, torus_lib.Torus)):
     raise TypeError(f'fit supports Sphere and Torus, got {manifold!r}.')
+  if base == 'auto':
+    base = ('vmf_mixture' if isinstance(manifold, sphere_lib.Sphere)
+            else 'uniform')
+  mixture = base == 'vmf_mixture'
+  if concentrations is None:
+    concentrations = (MIXTURE_BASE_CONCENTRATIONS if mixture
+                      else UNIFORM_BASE_CONCENTRATIONS)
+  if share is None:
+    share = 0.05 if mixture else 0.3
+  if learning_rate is None:
+    learning_rate = 3e-2 if mixture else 1e-2
   train_np = _check_points(train_points, manifold, 'train_points', dtype)
   val_np = _check_points(validation_points, manifold, 'validation_points',
                          dtype)
@@ -197,11 +238,37 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
                 learning_rate=float(learning_rate), eval_every=eval_every,
                 patience=patience, fold_penalty=fold_penalty,
                 fold_margin=fold_margin, penalty_points=penalty_points,
+                validity_points=validity_points, check_points=check_points,
                 time_budget_s=time_budget_s, seed=seed,
                 dtype=tf.as_dtype(dtype).name)
+  start = time.time()
+  base_dist, base_nll = None, math.log(manifold.volume)
+  if base == 'vmf_mixture':
+    if not isinstance(manifold, sphere_lib.Sphere):
+      raise ValueError("base='vmf_mixture' needs a Sphere.")
+    rng = np.random.default_rng(seed)
+    k = min(int(base_components), len(train_np))
+    base_dist = distributions.vmf_mixture(
+        train_np[rng.choice(len(train_np), k, replace=False)], 50.,
+        dtype=dtype)
+    base_fit = training.fit_nll(
+        base_dist, train_np, val_np, int(base_steps),
+        batch_size=min(1024, len(train_np)), learning_rate=2e-2,
+        eval_every=eval_every, patience=patience, seed=seed, log_every=0,
+        jit_compile=jit_compile)
+    base_nll = base_fit['best_validation']
+    if verbose:
+      print(f'{k}-component vMF mixture alone: validation NLL '
+            f'{base_nll:.4f} ({time.time() - start:.0f} s)', flush=True)
+  elif base != 'uniform':
+    raise ValueError(f"base must be 'uniform' or 'vmf_mixture', got "
+                     f'{base!r}.')
+  config.update(base=base, base_components=int(base_components),
+                base_steps=int(base_steps))
   psis = well_layers(manifold, train_np, concentrations, num_centres, share,
                      seed, dtype)
-  q = flows.make_flow(manifold, len(psis), potential=psis, dtype=dtype)
+  q = flows.make_flow(manifold, len(psis), potential=psis, base=base_dist,
+                      dtype=dtype)
   train_t = tf.constant(train_np)
   n = len(train_np)
   batch = min(int(batch_size), n)
@@ -234,12 +301,14 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
           tf.square(tf.nn.relu(fold_margin - det)))
     return loss
 
-  # As many uniform points as the final check: fine-scale skirt overlaps
-  # are small targets, and a checkpoint is only eligible without a fold.
+  # Fine-scale skirt overlaps are small targets: the monitor's check may
+  # miss one that the final, larger check finds, hence `keep`.
   monitor = training.ValidationMonitor(q, val_np, every=eval_every,
                                        patience=patience, stop_on_fold=False,
-                                       validity_points=check_points)
-  start = time.time()
+                                       validity_points=validity_points,
+                                       keep=keep,
+                                       variables=list(
+                                           q.bijector.trainable_variables))
   monitor.consider_initial()
   stopped = {'by': 'steps'}
 
@@ -262,16 +331,27 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
   last = len(losses_run) - 1
   if stopped['by'] == 'steps' and monitor.history[-1]['step'] != last:
     monitor.check(last, losses_run[-1])
-  monitor.restore_best()
   seconds = time.time() - start
-  report = diagnostics.check_diffeomorphism(
-      q.bijector, num_points=check_points,
-      points=tf.constant(np.concatenate([train_np, val_np])), seed=seed)
-  base_nll = math.log(manifold.volume)
+  # The final check is more thorough than the monitor's (forward solves,
+  # round trips, other uniform points): a checkpoint it rejects gives way
+  # to the next best eligible one, and if none passes the report says so.
+  rejected = []
+  for rank in range(len(monitor.candidates)):
+    selected = monitor.restore_candidate(rank)
+    report = diagnostics.check_diffeomorphism(
+        q.bijector, num_points=check_points,
+        points=tf.constant(np.concatenate([train_np, val_np])), seed=seed)
+    if report.passed:
+      break
+    rejected.append(selected)
+  if not report.passed:
+    monitor.restore_candidate(0)
+    selected = monitor.candidates[0][1]
   result = FitReport(
-      validation_nll=monitor.best_validation,
+      validation_nll=training.batched_nll(q, val_np),
       train_nll=training.batched_nll(q, train_np),
-      base_validation_nll=base_nll, best_step=monitor.best_step,
+      base_validation_nll=base_nll, best_step=selected,
+      rejected_by_check=rejected,
       steps_run=len(losses_run), seconds=seconds, stopped_by=stopped['by'],
       folds_seen=sum(r.get('min_det', 1.) <= 0. for r in monitor.history),
       diffeomorphism=report, config=config, history=monitor.history)
@@ -324,18 +404,22 @@ def save_density_map(path: str, q, manifold, test_points, title: str) -> bool:
 
 
 def evaluate(q, train_points, test_points, manifold) -> Dict:
-  """Test NLL of q and of the tuned KDE baseline, raw and deduplicated.
+  """Test NLL of the flow q and of its base alone, raw and deduplicated.
 
-  `test_points` rows whose coordinates also occur in `train_points` are
-  dropped for the deduplicated figures (`data.deduplicated`).
+  The deduplicated figures drop the `test_points` rows whose coordinates
+  also occur in `train_points` (`data.deduplicated`). The base alone is
+  `q.distribution`: the ablation of the IRCPM layers.
   """
   from tfp_ircpm import data as data_lib  # pylint: disable=g-import-not-at-top
+  del manifold
+  dtype = q.dtype.as_numpy_dtype
   dedup = data_lib.deduplicated(test_points, train_points)
-  out = dict(test_nll=training.batched_nll(
-      q, np.asarray(test_points, q.dtype.as_numpy_dtype)),
-             num_test=len(test_points), num_test_deduplicated=len(dedup))
-  out['test_nll_deduplicated'] = (training.batched_nll(
-      q, dedup.astype(q.dtype.as_numpy_dtype)) if len(dedup) else None)
+  out = dict(num_test=len(test_points), num_test_deduplicated=len(dedup))
+  for prefix, dist in (('', q), ('base_', q.distribution)):
+    out[prefix + 'test_nll'] = training.batched_nll(
+        dist, np.asarray(test_points, dtype))
+    out[prefix + 'test_nll_deduplicated'] = (training.batched_nll(
+        dist, dedup.astype(dtype)) if len(dedup) else None)
   return out
 
 
@@ -363,7 +447,12 @@ def main(argv=None) -> Dict:
   parser.add_argument('--steps', type=int, default=2000)
   parser.add_argument('--concentrations', default=None,
                       help='comma-separated κ of the layers, coarse to fine '
-                      f'(default {",".join(f"{k:g}" for k in DEFAULT_CONCENTRATIONS)})')
+                      '(default: density.MIXTURE_BASE_CONCENTRATIONS on S², '
+                      'UNIFORM_BASE_CONCENTRATIONS on tori)')
+  parser.add_argument('--base', default='auto',
+                      choices=['auto', 'uniform', 'vmf_mixture'],
+                      help='base of the flow (auto: a fitted vMF mixture '
+                      'on S², uniform on tori)')
   parser.add_argument('--num_centres', type=int, default=500,
                       help='wells per layer')
   parser.add_argument('--check_points', type=int, default=20000,
@@ -392,15 +481,15 @@ def main(argv=None) -> Dict:
                   time_budget_s=args.time_budget_s, seed=args.seed,
                   steps=args.steps, num_centres=args.num_centres,
                   check_points=args.check_points,
-                  concentrations=(
+                  base=args.base, concentrations=(
                       [float(k) for k in args.concentrations.split(',')]
-                      if args.concentrations else DEFAULT_CONCENTRATIONS))
+                      if args.concentrations else None))
   result = dict(csv=os.path.abspath(args.csv), manifold=repr(manifold),
                 seed=args.seed, num_points=len(points),
                 **evaluate(q, split.train, split.test, manifold),
                 validation_nll=report.validation_nll,
                 train_nll=report.train_nll,
-                base_alone_test_nll=report.base_validation_nll,
+                base_validation_nll=report.base_validation_nll,
                 best_step=report.best_step, steps_run=report.steps_run,
                 train_seconds=report.seconds, stopped_by=report.stopped_by,
                 folds_seen=report.folds_seen,

@@ -201,6 +201,8 @@ class ValidationMonitor:
   after `patience` evaluations without a better eligible validation NLL.
   With `stop_on_fold=False` a folded check is only ineligible (a fold
   barrier in the loss may undo it), and counts towards the patience.
+  `keep` > 1 also keeps the runners-up (`candidates`, `restore_candidate`),
+  for a caller whose final, more thorough check may reject the best.
   `restore_best()` puts the best eligible variables back.
 
   Attributes:
@@ -212,7 +214,7 @@ class ValidationMonitor:
                patience: int = 10, validity_points: int = 4096,
                batch_size: int = 4096,
                variables: Optional[List[tf.Variable]] = None,
-               stop_on_fold: bool = True):
+               stop_on_fold: bool = True, keep: int = 1):
     self.q = q
     self.validation = tf.convert_to_tensor(validation, q.dtype)
     self.every = int(every)
@@ -227,6 +229,8 @@ class ValidationMonitor:
     self._since_best = 0
     self.folded = False
     self.stop_on_fold = bool(stop_on_fold)
+    self.keep = max(1, int(keep))
+    self.candidates = []   # the `keep` best eligible: (nll, step, values)
 
   def evaluate(self, step: int, loss: float) -> Dict:
     """Validation NLL and (optionally) min det J_{f⁻¹} now."""
@@ -251,11 +255,30 @@ class ValidationMonitor:
     self.history.append(record)
     if record.get('min_det', 1.) > 0.:
       self._take_best(-1, record)
+      self._consider_candidate(-1, record)
 
   def _take_best(self, step: int, record: Dict) -> None:
     self.best_validation = record['validation_nll']
     self.best_step = step
     self._best_values = [v.numpy() for v in self.variables]
+
+  def _consider_candidate(self, step: int, record: Dict) -> None:
+    nll = record['validation_nll']
+    if len(self.candidates) == self.keep and nll >= self.candidates[-1][0]:
+      return
+    values = (self._best_values if step == self.best_step
+              else [v.numpy() for v in self.variables])
+    self.candidates.append((nll, step, values))
+    self.candidates.sort(key=lambda c: c[0])
+    del self.candidates[self.keep:]
+
+  def restore_candidate(self, rank: int) -> int:
+    """Puts back the rank-th best eligible checkpoint (0: the best, as
+    `restore_best`; up to `keep` − 1); returns its step."""
+    _, step, values = self.candidates[rank]
+    for v, value in zip(self.variables, values):
+      v.assign(value)
+    return step
 
   def __call__(self, step: int, loss: float) -> bool:
     if step % self.every:
@@ -277,8 +300,10 @@ class ValidationMonitor:
       return self._since_best >= self.patience
     if record['validation_nll'] < self.best_validation:
       self._take_best(step, record)
+      self._consider_candidate(step, record)
       self._since_best = 0
       return False
+    self._consider_candidate(step, record)
     self._since_best += 1
     return self._since_best >= self.patience
 
