@@ -192,9 +192,10 @@ def test_crowd_bound_gives_coincident_wells_the_budget_of_one():
   m = M.Sphere(2)
   pile = np.repeat([[0., 0., 1.]], 5, 0)
   lone = np.array([[1., 0., 0.]])
-  crowd = P.Wells(m, np.concatenate([pile, lone]), concentration=100.,
+  # κ = 1000: the pile's kernel at the lone well, 5 e^{−125}, is 0.
+  crowd = P.Wells(m, np.concatenate([pile, lone]), concentration=1000.,
                   curvature=0.9, bound='crowd', dtype=tf.float64)
-  one = P.Wells(m, np.concatenate([pile[:1], lone]), concentration=100.,
+  one = P.Wells(m, np.concatenate([pile[:1], lone]), concentration=1000.,
                 curvature=0.9, bound='well', dtype=tf.float64)
   np.testing.assert_allclose(crowd.crowding(), [5.] * 5 + [1.], atol=1e-5)
   y = m.uniform(tf.float64).sample(2000, seed=3)
