@@ -17,7 +17,6 @@ test points whose coordinates do not occur in the training split, runs
 
 import json
 import os
-import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -29,7 +28,6 @@ import tensorflow as tf
 import tfp_ircpm as ircpm
 from tfp_ircpm import data as data_lib
 from tfp_ircpm import density
-from tfp_ircpm import kde
 
 flags.DEFINE_string('data_path', None, 'Folder with the CSV files (default: '
                     '$EARTH_DATA or ../shared/data/earth).')
@@ -154,29 +152,10 @@ def main(_):
                               [float(k) for k in FLAGS.concentrations]
                               if FLAGS.concentrations else None))
   result = dict(dataset=FLAGS.dataset, seed=FLAGS.seed,
-                **density.evaluate(q, split.train, split.test, sphere),
-                validation_nll=report.validation_nll,
-                train_nll=report.train_nll,
-                base=report.config['base'],
-                base_validation_nll=report.base_validation_nll,
-                best_step=report.best_step, steps_run=report.steps_run,
-                train_seconds=report.seconds, stopped_by=report.stopped_by,
-                folds_seen=report.folds_seen,
-                rejected_by_check=report.rejected_by_check,
-                diffeomorphism=report.diffeomorphism._asdict(),
-                config=report.config, history=report.history)
-  start = time.time()
-  tuned = kde.tune(sphere, split.train, split.validation)
-  dedup = data_lib.deduplicated(split.test, split.train)
-  result['kde'] = dict(
-      concentration=tuned.concentration,
-      test_nll=kde.mean_nll(tuned.distribution, split.test),
-      test_nll_deduplicated=(kde.mean_nll(tuned.distribution, dedup)
-                             if len(dedup) else None),
-      seconds=time.time() - start)
+                **density.record(q, report, split, sphere))
   print(f'test NLL {result["test_nll"]:.4f} (deduplicated '
         f'{result["test_nll_deduplicated"]}); tuned KDE '
-        f'{result["kde"]["test_nll"]:.4f} (κ {tuned.concentration:.3g}); '
+        f'{result["kde"]["test_nll"]:.4f} (κ {result["kde"]["concentration"]:.3g}); '
         f'{report.diffeomorphism.summary()}', flush=True)
   stem = os.path.join(FLAGS.output_dir,
                       f'{FLAGS.dataset}_{report.config["base"]}_seed'

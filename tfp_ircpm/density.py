@@ -430,13 +430,42 @@ def evaluate(q, train_points, test_points, manifold) -> Dict:
   return out
 
 
+def record(q, report: FitReport, split, manifold: base_lib.Manifold,
+           with_kde: bool = True) -> Dict:
+  """A JSON-ready dict of a fit: `evaluate`'s test figures, the report's
+  fields and, with `with_kde`, the tuned KDE on the same split (raw and
+  deduplicated test NLL). `split` is a `data.Split`."""
+  from tfp_ircpm import data as data_lib  # pylint: disable=g-import-not-at-top
+  from tfp_ircpm import kde as kde_lib  # pylint: disable=g-import-not-at-top
+  result = dict(**evaluate(q, split.train, split.test, manifold),
+                validation_nll=report.validation_nll,
+                train_nll=report.train_nll, base=report.config['base'],
+                base_validation_nll=report.base_validation_nll,
+                best_step=report.best_step, steps_run=report.steps_run,
+                train_seconds=report.seconds, stopped_by=report.stopped_by,
+                folds_seen=report.folds_seen,
+                rejected_by_check=report.rejected_by_check,
+                diffeomorphism=report.diffeomorphism._asdict(),
+                config=report.config, history=report.history)
+  if with_kde:
+    start = time.time()
+    tuned = kde_lib.tune(manifold, split.train, split.validation)
+    dedup = data_lib.deduplicated(split.test, split.train)
+    result['kde'] = dict(
+        concentration=tuned.concentration,
+        test_nll=kde_lib.mean_nll(tuned.distribution, split.test),
+        test_nll_deduplicated=(kde_lib.mean_nll(tuned.distribution, dedup)
+                               if len(dedup) else None),
+        seconds=time.time() - start)
+  return result
+
+
 def main(argv=None) -> Dict:
   """`python -m tfp_ircpm.density --csv FILE ...`: split, fit, report."""
   import argparse  # pylint: disable=g-import-not-at-top
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   from tfp_ircpm import data as data_lib  # pylint: disable=g-import-not-at-top
-  from tfp_ircpm import kde as kde_lib  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
       prog='python -m tfp_ircpm.density',
       description='Fit an IRCPM density to points in a CSV: latitude/'
@@ -493,24 +522,8 @@ def main(argv=None) -> Dict:
                       if args.concentrations else None))
   result = dict(csv=os.path.abspath(args.csv), manifold=repr(manifold),
                 seed=args.seed, num_points=len(points),
-                **evaluate(q, split.train, split.test, manifold),
-                validation_nll=report.validation_nll,
-                train_nll=report.train_nll,
-                base_validation_nll=report.base_validation_nll,
-                best_step=report.best_step, steps_run=report.steps_run,
-                train_seconds=report.seconds, stopped_by=report.stopped_by,
-                folds_seen=report.folds_seen,
-                rejected_by_check=report.rejected_by_check,
-                diffeomorphism=report.diffeomorphism._asdict(),
-                config=report.config)
-  if not args.no_kde:
-    tuned = kde_lib.tune(manifold, split.train, split.validation)
-    dedup = data_lib.deduplicated(split.test, split.train)
-    result['kde'] = dict(
-        concentration=tuned.concentration,
-        test_nll=kde_lib.mean_nll(tuned.distribution, split.test),
-        test_nll_deduplicated=(kde_lib.mean_nll(tuned.distribution, dedup)
-                               if len(dedup) else None))
+                **record(q, report, split, manifold,
+                         with_kde=not args.no_kde))
   os.makedirs(args.output_dir, exist_ok=True)
   stem = os.path.join(args.output_dir, os.path.splitext(
       os.path.basename(args.csv))[0] + f'_seed{args.seed}')
