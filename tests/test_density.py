@@ -242,6 +242,7 @@ def test_command_line_writes_a_report(tmp_path):
       'figure' in saved)
 
 
+@pytest.mark.slow   # fit on T² is tested above; this adds the CSV path
 def test_command_line_on_angles_fits_a_torus(tmp_path):
   angles = _clusters(ircpm.Torus(2), 200, 14)
   csv = tmp_path / 'dihedrals.csv'
