@@ -139,6 +139,11 @@ def test_deduplicated_drops_exactly_the_rows_seen_in_training():
                    [0., 1., 1e-6]])
   np.testing.assert_array_equal(data_lib.deduplicated(test, train),
                                 test[[1, 3]])
+  # The same rounding decides what is distinct: a float32 copy of a row is
+  # no new point, a row 1e-6 away is.
+  rows = np.concatenate([test, test.astype(np.float32)])
+  np.testing.assert_array_equal(data_lib.distinct(rows),
+                                np.unique(test, axis=0))
 
 
 def test_read_columns_by_name_and_index(tmp_path):

@@ -186,16 +186,27 @@ def split(points: np.ndarray, seed: int,
                test=points[perm[n_train + n_val:]])
 
 
+# Points read from the same CSV text are bit-identical; rounding to 9
+# decimals (about 6 mm on the Earth) only absorbs dtype conversions.
+DECIMALS = 9
+
+
+def distinct(points: np.ndarray, decimals: int = DECIMALS) -> np.ndarray:
+  """The distinct rows of `points` [N, D] after rounding to `decimals`,
+  sorted, in `points`' dtype."""
+  points = np.asarray(points)
+  return np.unique(np.round(points, decimals), axis=0).astype(points.dtype)
+
+
 def deduplicated(test: np.ndarray, train: np.ndarray,
-                 decimals: int = 9) -> np.ndarray:
+                 decimals: int = DECIMALS) -> np.ndarray:
   """The rows of `test` whose coordinates occur nowhere in `train`.
 
   Event catalogues repeat coordinates (Volcano: 267 distinct locations among
   827 rows), so a random split puts exact copies of training points in the
   test part, which a density can score arbitrarily well by memorising them.
   Scoring on the remaining rows measures generalisation. Rows are compared
-  after rounding to `decimals` (points read from the same CSV text are
-  bit-identical; the rounding only absorbs conversions).
+  after rounding to `decimals`, as in `distinct`.
 
   Args:
     test: [N, D] points.

@@ -49,9 +49,11 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
+from tfp_ircpm import data as data_lib
 from tfp_ircpm import diagnostics
 from tfp_ircpm import distributions
 from tfp_ircpm import flows
+from tfp_ircpm import kde as kde_lib
 from tfp_ircpm import losses
 from tfp_ircpm import potentials
 from tfp_ircpm import training
@@ -110,27 +112,6 @@ class FitReport:
             + self.diffeomorphism.summary())
 
 
-def _check_points(points, manifold: base_lib.Manifold, name: str,
-                  dtype) -> np.ndarray:
-  points = np.asarray(points, tf.as_dtype(dtype).as_numpy_dtype)
-  if points.ndim != 2 or points.shape[1] != manifold.ambient_dim or (
-      points.shape[0] < 1):
-    raise ValueError(f'{name} must have shape [N >= 1, '
-                     f'{manifold.ambient_dim}], got {points.shape}.')
-  if not np.all(np.isfinite(points)):
-    raise ValueError(f'{name} has non-finite values.')
-  try:
-    # Eagerly, each assertion raises as it is made.
-    manifold.membership_assertions(tf.constant(points))
-  except tf.errors.InvalidArgumentError as e:
-    raise ValueError(f'{name}: {e.message}') from None
-  return points
-
-
-def _distinct(points: np.ndarray) -> np.ndarray:
-  return np.unique(np.round(points, 9), axis=0).astype(points.dtype)
-
-
 def well_layers(manifold: base_lib.Manifold, train_points: np.ndarray,
                 concentrations: Sequence[float], num_centres: int,
                 share: float, seed: int, dtype) -> List[potentials.Wells]:
@@ -145,7 +126,7 @@ def well_layers(manifold: base_lib.Manifold, train_points: np.ndarray,
   could gain.
   """
   rng = np.random.default_rng(seed)
-  distinct = _distinct(train_points)
+  distinct = data_lib.distinct(train_points)
   psis = []
   for l, kappa in enumerate(concentrations):
     m = min(int(num_centres), len(distinct))
@@ -236,9 +217,11 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
     share = 0.05 if mixture else 0.3
   if learning_rate is None:
     learning_rate = 3e-2 if mixture else 1e-2
-  train_np = _check_points(train_points, manifold, 'train_points', dtype)
-  val_np = _check_points(validation_points, manifold, 'validation_points',
-                         dtype)
+  event = [manifold.ambient_dim]
+  train_np = training.as_points(train_points, dtype, event, 'train_points',
+                                manifold).numpy()
+  val_np = training.as_points(validation_points, dtype, event,
+                              'validation_points', manifold).numpy()
   config = dict(concentrations=[float(k) for k in concentrations],
                 num_centres=int(num_centres), share=float(share),
                 steps=int(steps), batch_size=int(batch_size),
@@ -376,7 +359,6 @@ def save_density_map(path: str, q, manifold, test_points, title: str) -> bool:
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   except ImportError:
     return False
-  from tfp_ircpm import data as data_lib  # pylint: disable=g-import-not-at-top
   from tfp_ircpm import metrics  # pylint: disable=g-import-not-at-top
   if isinstance(manifold, sphere_lib.Sphere) and manifold.dim == 2:
     u, v = np.meshgrid(np.linspace(-180., 180., 240), np.linspace(-90., 90., 120))
@@ -410,15 +392,13 @@ def save_density_map(path: str, q, manifold, test_points, title: str) -> bool:
   return True
 
 
-def evaluate(q, train_points, test_points, manifold) -> Dict:
+def evaluate(q, train_points, test_points) -> Dict:
   """Test NLL of the flow q and of its base alone, raw and deduplicated.
 
   The deduplicated figures drop the `test_points` rows whose coordinates
   also occur in `train_points` (`data.deduplicated`). The base alone is
   `q.distribution`: the ablation of the IRCPM layers.
   """
-  from tfp_ircpm import data as data_lib  # pylint: disable=g-import-not-at-top
-  del manifold
   dtype = q.dtype.as_numpy_dtype
   dedup = data_lib.deduplicated(test_points, train_points)
   out = dict(num_test=len(test_points), num_test_deduplicated=len(dedup))
@@ -435,9 +415,7 @@ def record(q, report: FitReport, split, manifold: base_lib.Manifold,
   """A JSON-ready dict of a fit: `evaluate`'s test figures, the report's
   fields and, with `with_kde`, the tuned KDE on the same split (raw and
   deduplicated test NLL). `split` is a `data.Split`."""
-  from tfp_ircpm import data as data_lib  # pylint: disable=g-import-not-at-top
-  from tfp_ircpm import kde as kde_lib  # pylint: disable=g-import-not-at-top
-  result = dict(**evaluate(q, split.train, split.test, manifold),
+  result = dict(**evaluate(q, split.train, split.test),
                 validation_nll=report.validation_nll,
                 train_nll=report.train_nll, base=report.config['base'],
                 base_validation_nll=report.base_validation_nll,
@@ -453,8 +431,8 @@ def record(q, report: FitReport, split, manifold: base_lib.Manifold,
     dedup = data_lib.deduplicated(split.test, split.train)
     result['kde'] = dict(
         concentration=tuned.concentration,
-        test_nll=kde_lib.mean_nll(tuned.distribution, split.test),
-        test_nll_deduplicated=(kde_lib.mean_nll(tuned.distribution, dedup)
+        test_nll=training.batched_nll(tuned.distribution, split.test),
+        test_nll_deduplicated=(training.batched_nll(tuned.distribution, dedup)
                                if len(dedup) else None),
         seconds=time.time() - start)
   return result
@@ -465,7 +443,6 @@ def main(argv=None) -> Dict:
   import argparse  # pylint: disable=g-import-not-at-top
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
-  from tfp_ircpm import data as data_lib  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
       prog='python -m tfp_ircpm.density',
       description='Fit an IRCPM density to points in a CSV: latitude/'

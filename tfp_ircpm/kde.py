@@ -23,6 +23,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_ircpm import distributions as distributions_lib
+from tfp_ircpm import metrics
 from tfp_ircpm.manifolds import base as base_lib
 from tfp_ircpm.manifolds import sphere as sphere_lib
 from tfp_ircpm.manifolds import torus as torus_lib
@@ -68,17 +69,6 @@ def kde(manifold: base_lib.Manifold, points, concentration: float,
                                              name='kde')
 
 
-def mean_nll(distribution: tfd.Distribution, points,
-             batch_size: int = 2048) -> float:
-  """−(1/N) Σ log q(x_i) over `points` [N, ambient_dim], in batches."""
-  points = np.asarray(points)
-  total = 0.
-  for i in range(0, len(points), batch_size):
-    x = tf.constant(points[i:i + batch_size], distribution.dtype)
-    total += float(tf.reduce_sum(distribution.log_prob(x)))
-  return -total / len(points)
-
-
 class TunedKDE(NamedTuple):
   """`tune` result: the estimate, its κ, and the validation NLL per κ."""
   distribution: tfd.Distribution
@@ -103,8 +93,8 @@ def tune(manifold: base_lib.Manifold, train_points, validation_points,
     dtype: of the estimate.
   """
   grid = [float(k) for k in (concentrations or DEFAULT_CONCENTRATIONS)]
-  scores = [mean_nll(kde(manifold, train_points, k, dtype), validation_points)
-            for k in grid]
+  scores = [metrics.batched_nll(kde(manifold, train_points, k, dtype),
+                                validation_points) for k in grid]
   best = int(np.nanargmin(scores))
   return TunedKDE(kde(manifold, train_points, grid[best], dtype), grid[best],
                   scores[best], grid, scores)

@@ -12,8 +12,9 @@ names are re-exported here for code written against this module.
 """
 
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
@@ -21,6 +22,7 @@ import tf_keras
 from tfp_ircpm import flows
 from tfp_ircpm import losses
 from tfp_ircpm import metrics
+from tfp_ircpm.manifolds import base as base_lib
 
 tfd = tfp.distributions
 
@@ -314,16 +316,26 @@ class ValidationMonitor:
       v.assign(value)
 
 
-def _as_points(points, q: tfd.Distribution, name: str) -> tf.Tensor:
-  """points as a [N >= 1, event_size] tensor of q's dtype, else ValueError."""
-  points = tf.convert_to_tensor(points, q.dtype)
-  event = q.event_shape.as_list()
+def as_points(points, dtype, event_shape: Sequence[int], name: str,
+              manifold: Optional[base_lib.Manifold] = None) -> tf.Tensor:
+  """points as a [N >= 1] + event_shape tensor of `dtype`, else ValueError.
+
+  Non-finite values are refused and, with `manifold`, so are points off
+  it (eagerly, each membership assertion raises as it is made).
+  """
+  points = tf.convert_to_tensor(np.asarray(points), dtype)
+  event = list(event_shape)
   if (points.shape.rank != 2 or points.shape[0] == 0
       or points.shape[1:].as_list() != event):
     raise ValueError(f'{name} must have shape [N >= 1] + {event}, got '
                      f'{points.shape}.')
   if not bool(tf.reduce_all(tf.math.is_finite(points))):
     raise ValueError(f'{name} has non-finite values.')
+  if manifold is not None:
+    try:
+      manifold.membership_assertions(points)
+    except tf.errors.InvalidArgumentError as e:
+      raise ValueError(f'{name}: {e.message}') from None
   return points
 
 
@@ -361,8 +373,10 @@ def fit_nll(q: tfd.Distribution, train_points, validation_points,
     best_validation, folded (training stopped on a fold), steps_run and
     seconds.
   """
-  train_points = _as_points(train_points, q, 'train_points')
-  validation_points = _as_points(validation_points, q, 'validation_points')
+  event = q.event_shape.as_list()
+  train_points = as_points(train_points, q.dtype, event, 'train_points')
+  validation_points = as_points(validation_points, q.dtype, event,
+                                'validation_points')
   n = int(train_points.shape[0])
 
   links = []
