@@ -3,6 +3,7 @@
 Rezende & Racanière (2021), arXiv 2110.01288.
 """
 
+from tfp_ircpm import backup
 from tfp_ircpm import bijectors
 from tfp_ircpm import bounds
 from tfp_ircpm import data
@@ -44,8 +45,9 @@ except _metadata.PackageNotFoundError:  # a source tree that is not installed
 del _metadata
 
 __all__ = ['Chain', 'IRCPM', 'Power', 'Product', 'Sphere', 'Torus',
-           'bijectors', 'bounds', 'data', 'density', 'derivatives',
+           'backup', 'bijectors', 'bounds', 'data', 'density', 'derivatives',
            'diagnostics', 'distribute', 'distributions', 'export',
            'flow_layers', 'flows', 'kde', 'keras', 'lattice', 'logdet',
-           'losses', 'make_flow', 'manifolds', 'matrix_free', 'mcmc', 'metrics', 'potentials', 'solvers',
-           'targets', 'tolerances', 'training']
+           'losses', 'make_flow', 'manifolds', 'matrix_free', 'mcmc',
+           'metrics', 'potentials', 'solvers', 'targets', 'tolerances',
+           'training']

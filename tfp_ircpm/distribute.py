@@ -11,9 +11,17 @@ replicas; metrics are computed on the all-gathered global batch. Hence a
 MirroredStrategy run over R devices follows the single-device trajectory up
 to float round-off (summation order of the all-reduce), and the same code
 runs under `MultiWorkerMirroredStrategy` on a cluster.
+
+Cluster helpers: `role(strategy)` says which task this process is, and
+`backup_directory` is where it writes its backups (the chief's directory,
+or a per-worker scratch directory: under `MultiWorkerMirroredStrategy`
+every worker takes part in a save, but only the chief's copy is kept).
+`tfp_ircpm.training.train(..., backup_dir=...)` and
+`tf_keras.callbacks.BackupAndRestore` use the same rule.
 """
 
-from typing import Tuple
+import os
+from typing import NamedTuple, Tuple
 
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -26,6 +34,44 @@ tfd = tfp.distributions
 replica_info = losses.replica_info
 gather = losses.gather
 local_batch_size = losses.local_batch_size
+
+
+class Role(NamedTuple):
+  """This process's place in the cluster (`role`)."""
+  task_type: str       # 'worker', 'chief', … ('local' without a cluster)
+  task_id: int
+  num_workers: int     # processes that hold replicas
+  num_replicas: int    # replicas in sync over the whole cluster
+  is_chief: bool       # writes backups, checkpoints and summaries
+
+  def __str__(self) -> str:
+    return (f'{self.task_type} {self.task_id} of {self.num_workers} '
+            f'worker(s), {self.num_replicas} replica(s)'
+            + (', chief' if self.is_chief else ''))
+
+
+def role(strategy: tf.distribute.Strategy = None) -> Role:
+  """The task of this process under `strategy` (default: the current one),
+  read from its cluster resolver (`TF_CONFIG` for
+  `MultiWorkerMirroredStrategy`)."""
+  strategy = strategy or tf.distribute.get_strategy()
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+  replicas = strategy.num_replicas_in_sync
+  if not spec:
+    return Role('local', 0, 1, replicas, True)
+  workers = sum(len(spec.get(t, ())) for t in ('chief', 'worker'))
+  return Role(resolver.task_type, int(resolver.task_id or 0), workers,
+              replicas, bool(strategy.extended.should_checkpoint))
+
+
+def backup_directory(directory: str,
+                     strategy: tf.distribute.Strategy = None) -> str:
+  """`directory` for the chief, `directory/worker-<id>` for the others."""
+  r = role(strategy)
+  if r.is_chief:
+    return directory
+  return os.path.join(directory, f'{r.task_type}-{r.task_id}')
 
 
 def sample_and_log_prob(distribution: tfd.Distribution,

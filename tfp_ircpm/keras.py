@@ -44,6 +44,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
+from tfp_ircpm import backup as backup_lib
 from tfp_ircpm import distribute
 from tfp_ircpm import training
 
@@ -85,6 +86,10 @@ class FlowModel(tf_keras.Model):
     self._kl_tracker = tf_keras.metrics.Mean(name='kl')
     self._ess_tracker = tf_keras.metrics.Mean(name='ess')
     self._nll_tracker = tf_keras.metrics.Mean(name='nll')
+    # Every replica tracks the global batch's figures (its losses gather
+    # the other replicas' terms), so Keras must report one replica's value:
+    # its default under MultiWorkerMirroredStrategy sums over replicas.
+    self.distribute_reduction_method = 'first'
 
   @property
   def metrics(self):
@@ -321,3 +326,36 @@ class DiffeomorphismCheck(tf_keras.callbacks.Callback):
     if self._epoch is not None and (not self.reports
                                     or self.reports[-1][0] != self._epoch):
       self._check(self._epoch)
+
+
+class BackupAndRestore(tf_keras.callbacks.BackupAndRestore):
+  """`tf_keras.callbacks.BackupAndRestore` with `tfp_ircpm.backup`'s
+  restore policy; the same arguments.
+
+  Keras' own callback, given a truncated backup, raises IndexError ('Read
+  less bytes than requested') naming no file; with its state file lost it
+  starts afresh; and it restores whatever part of a mismatched backup
+  matches. This one raises ValueError naming the file in all three cases,
+  before anything is restored.
+
+  Resuming is exact for reverse KL: `FlowModel` seeds each step's samples
+  from the optimizer step, which the backup holds. For maximum likelihood
+  Keras restarts the interrupted epoch's data from its first batch, so a
+  resume repeats that epoch's first batches unless backups are taken at
+  epoch ends (`save_freq='epoch'`, the default) of a dataset whose order
+  is the same every epoch.
+  """
+
+  def on_train_begin(self, logs=None):
+    # Keras keeps the chief's copy in backup_dir/chief and reads it there.
+    chief = os.path.join(self.backup_dir, 'chief')
+    path = backup_lib.latest(chief)
+    if path is not None:
+      # Check that the model and optimizer restore in full before Keras
+      # restores (it does not check); Keras then reads the same values
+      # and its epoch and batch counters.
+      backup_lib.restore(tf.train.Checkpoint(model=self.model), path)
+    try:
+      super().on_train_begin(logs)
+    except Exception as e:  # pylint: disable=broad-except
+      raise backup_lib.restore_error(path or chief, e) from e

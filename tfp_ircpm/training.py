@@ -19,6 +19,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
+from tfp_ircpm import backup as backup_lib
 from tfp_ircpm import flows
 from tfp_ircpm import losses
 from tfp_ircpm import metrics
@@ -34,7 +35,7 @@ evaluate = metrics.evaluate
 batched_nll = metrics.batched_nll
 
 
-def train(loss_fn: Callable[[tf.Tensor], tf.Tensor],
+def train(loss_fn: Callable[..., tf.Tensor],
           variables: List[tf.Variable],
           steps: int,
           learning_rate: float = 1e-3,
@@ -44,13 +45,17 @@ def train(loss_fn: Callable[[tf.Tensor], tf.Tensor],
           jit_compile: bool = False,
           callback: Optional[Callable[[int, float], Optional[bool]]] = None,
           strategy: Optional[tf.distribute.Strategy] = None,
+          data: Optional[tf.data.Dataset] = None,
+          backup_dir: Optional[str] = None,
+          backup_every: int = 100,
           ) -> List[float]:
-  """Minimises loss_fn(seed) over `variables` with Adam; returns the losses.
+  """Minimises loss_fn over `variables` with Adam; returns the losses.
 
   Args:
-    loss_fn: maps a stateless seed (shape [2] int32 tensor) to a scalar loss.
+    loss_fn: maps a stateless seed (shape [2] int32 tensor) to a scalar
+      loss; with `data`, loss_fn(seed, batch).
     variables: the trainable variables (e.g. `q.trainable_variables`).
-    steps: number of optimisation steps.
+    steps: the total number of optimisation steps.
     learning_rate: Adam's learning rate, used when `optimizer` is None.
     optimizer: a `tf_keras` optimizer.
     seed: integer seed; step i uses the i-th split of it.
@@ -63,39 +68,84 @@ def train(loss_fn: Callable[[tf.Tensor], tf.Tensor],
       replica, which must return that replica's share of the loss (see
       `tfp_ircpm.distribute.reverse_kl_loss`); the optimizer sums the
       gradients over replicas and the reported loss is the sum of shares.
+    data: a `tf.data.Dataset` of global batches, at least `steps` of them
+      (`.repeat()`). Under a strategy it goes through
+      `strategy.experimental_distribute_dataset`, which shards it over the
+      workers (each reads its own part of every global batch) and splits
+      each worker's part over its replicas.
+    backup_dir: where to keep step-level backups for fault tolerance (a
+      directory every worker can read, e.g. on a shared file system).
+      Every `backup_every` steps, and after the last step, the step count,
+      `variables`, the optimizer's state and the losses so far are saved
+      (`tf.train.CheckpointManager`, which moves a backup into place only
+      once it is complete). A call that finds a backup restores it and runs
+      only the remaining steps: step i always uses seed split i, and with
+      `data` the batches of the restored steps are skipped, so a job killed
+      and restarted with the same arguments ends with the weights of an
+      uninterrupted run (with `data`, provided the dataset's order is
+      deterministic, e.g. a seeded shuffle). Under a multi-worker strategy
+      every worker saves (saving is collective), the chief into
+      `backup_dir`, the others into `backup_dir/worker-<id>`; all restore
+      the chief's. An unreadable or mismatched backup raises ValueError
+      naming its file (`tfp_ircpm.backup`). Callbacks see only the steps
+      run in this call.
+    backup_every: steps between backups.
+
+  Returns:
+    The losses of steps 0 … steps − 1 (with a backup: the restored ones,
+    then this call's), shorter if the callback stopped training.
   """
   if strategy is not None and jit_compile:
     raise ValueError('jit_compile is not supported with a strategy here: '
                      'compile the replica step instead.')
+  if backup_dir is not None and int(backup_every) < 1:
+    raise ValueError(f'backup_every must be >= 1, got {backup_every}.')
+  scope_strategy = strategy or tf.distribute.get_strategy()
   if optimizer is None:
-    with (strategy or tf.distribute.get_strategy()).scope():
+    with scope_strategy.scope():
       optimizer = tf_keras.optimizers.Adam(learning_rate)
 
-  def replica_step(s):
+  def replica_step(s, *batch):
     with tf.GradientTape() as tape:
-      loss = loss_fn(s)
+      loss = loss_fn(s, *batch)
     grads = tape.gradient(loss, variables)
     optimizer.apply_gradients(
         [(g, v) for g, v in zip(grads, variables) if g is not None])
     return loss
 
   @tf.function(jit_compile=jit_compile)
-  def step(s):
+  def step(s, *batch):
     if strategy is None:
-      return replica_step(s)
+      return replica_step(s, *batch)
     return strategy.reduce(tf.distribute.ReduceOp.SUM,
-                           strategy.run(replica_step, args=(s,)), axis=None)
+                           strategy.run(replica_step, args=(s,) + batch),
+                           axis=None)
 
-  seeds = tfp.random.split_seed(seed, n=steps)
   losses = []
+  backup = None
+  if backup_dir is not None:
+    backup = backup_lib.Backup(backup_dir, scope_strategy, variables,
+                               optimizer, steps)
+    losses = backup.restore()
+  start_step = len(losses)
+  batches = None
+  if data is not None:
+    data = data.skip(start_step)
+    batches = iter(strategy.experimental_distribute_dataset(data)
+                   if strategy is not None else data)
+  seeds = tfp.random.split_seed(seed, n=steps)
   start = time.time()
-  for i in range(steps):
-    loss = float(step(seeds[i]))
+  for i in range(start_step, steps):
+    batch = () if batches is None else (next(batches),)
+    loss = float(step(seeds[i], *batch))
     losses.append(loss)
     stop = callback is not None and callback(i, loss)
     if log_every and (i % log_every == 0 or i == steps - 1):
       print(f'step {i:5d}  loss {loss:.5f}  {time.time() - start:7.1f}s',
             flush=True)
+    if backup is not None and (len(losses) % int(backup_every) == 0
+                               or stop or i == steps - 1):
+      backup.save(losses)
     if stop:
       print(f'stopped at step {i} by the callback', flush=True)
       break
