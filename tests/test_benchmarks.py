@@ -68,3 +68,14 @@ def test_fit_exponent_recovers_a_power_law():
   # Missing samples (None) are skipped.
   assert scaling.fit_exponent([8, 16, 32], [8., None, 32.]) == (
       pytest.approx(1.))
+
+
+def test_peers_skips_cleanly_without_torch(tmp_path):
+  """benchmarks.peers with torch unimportable: a message and exit 0."""
+  (tmp_path / 'torch.py').write_text("raise ImportError('hidden')\n")
+  env = dict(os.environ, PYTHONPATH=f'{tmp_path}{os.pathsep}{ROOT}')
+  proc = subprocess.run([sys.executable, '-m', 'benchmarks.peers'], cwd=ROOT,
+                        capture_output=True, text=True, env=env, timeout=120,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'needs torch and zuko' in proc.stdout

@@ -18,19 +18,19 @@ order than one process's.
   the last backup.
 """
 
-import contextlib
 import json
 import os
 import pathlib
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+
+from tfp_ircpm import distribute
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 JOB = ROOT / 'tests' / 'multiworker_job.py'
@@ -42,14 +42,6 @@ NUM_WORKERS = 2
 RTOL, ATOL = 1e-5, 1e-5
 
 
-def _free_ports(n):
-  with contextlib.ExitStack() as stack:
-    socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-    for s in socks:
-      s.bind(('127.0.0.1', 0))
-    return [s.getsockname()[1] for s in socks]
-
-
 def _run_cluster(tmp_path, mode, backup_dir=None, kill_at=None,
                  timeout=240):
   """Starts NUM_WORKERS workers; returns (return codes, logs, chief JSON).
@@ -57,7 +49,6 @@ def _run_cluster(tmp_path, mode, backup_dir=None, kill_at=None,
   When a worker dies, the others' collectives fail (or hang): like a
   cluster manager restarting a job, they get 30 s to exit, then SIGKILL.
   """
-  cluster = {'worker': [f'127.0.0.1:{p}' for p in _free_ports(NUM_WORKERS)]}
   out = tmp_path / f'{mode}.json'
   if out.exists():
     out.unlink()
@@ -67,10 +58,10 @@ def _run_cluster(tmp_path, mode, backup_dir=None, kill_at=None,
   env.pop('KILL_AT_STEP', None)
   if kill_at is not None:
     env['KILL_AT_STEP'] = str(kill_at)
+  configs = distribute.local_tf_configs(NUM_WORKERS)
   try:
     for i in range(NUM_WORKERS):
-      env['TF_CONFIG'] = json.dumps(
-          {'cluster': cluster, 'task': {'type': 'worker', 'index': i}})
+      env['TF_CONFIG'] = configs[i]
       log = tmp_path / f'{mode}.worker{i}.log'
       logs.append(log)
       args = [sys.executable, str(JOB), mode, str(out)]

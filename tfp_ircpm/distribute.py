@@ -20,8 +20,11 @@ every worker takes part in a save, but only the chief's copy is kept).
 `tf_keras.callbacks.BackupAndRestore` use the same rule.
 """
 
+import contextlib
+import json
 import os
-from typing import NamedTuple, Tuple
+import socket
+from typing import List, NamedTuple, Tuple
 
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -63,6 +66,21 @@ def role(strategy: tf.distribute.Strategy = None) -> Role:
   workers = sum(len(spec.get(t, ())) for t in ('chief', 'worker'))
   return Role(resolver.task_type, int(resolver.task_id or 0), workers,
               replicas, bool(strategy.extended.should_checkpoint))
+
+
+def local_tf_configs(num_workers: int) -> List[str]:
+  """`TF_CONFIG` values for a cluster of `num_workers` processes on this
+  machine (free ports on 127.0.0.1; worker 0 is the chief). For trying a
+  multi-worker job before a cluster manager writes the real ones."""
+  with contextlib.ExitStack() as stack:
+    socks = [stack.enter_context(socket.socket()) for _ in range(num_workers)]
+    for s in socks:
+      s.bind(('127.0.0.1', 0))
+    ports = [s.getsockname()[1] for s in socks]
+  cluster = {'worker': [f'127.0.0.1:{p}' for p in ports]}
+  return [json.dumps({'cluster': cluster,
+                      'task': {'type': 'worker', 'index': i}})
+          for i in range(num_workers)]
 
 
 def backup_directory(directory: str,

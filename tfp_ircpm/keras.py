@@ -90,6 +90,10 @@ class FlowModel(tf_keras.Model):
     # the other replicas' terms), so Keras must report one replica's value:
     # its default under MultiWorkerMirroredStrategy sums over replicas.
     self.distribute_reduction_method = 'first'
+    # Every variable exists once the distribution does: the model is built
+    # (BackupAndRestore, for one, builds the optimizer only then, so that
+    # its slots restore at once rather than deferred).
+    self.built = True
 
   @property
   def metrics(self):
@@ -350,6 +354,10 @@ class BackupAndRestore(tf_keras.callbacks.BackupAndRestore):
     # Keras keeps the chief's copy in backup_dir/chief and reads it there.
     chief = os.path.join(self.backup_dir, 'chief')
     path = backup_lib.latest(chief)
+    optimizer = self.model.optimizer
+    if path is not None and self.model.built and hasattr(optimizer, 'build'):
+      # As Keras does next: the slots then exist and are checked too.
+      optimizer.build(self.model.trainable_variables)
     if path is not None:
       # Check that the model and optimizer restore in full before Keras
       # restores (it does not check); Keras then reads the same values

@@ -1,0 +1,362 @@
+r"""Peers side by side: IRCPM flows against zuko's neural circular spline flow.
+
+On tori the flow a user would pick today is zuko's NCSF (coupling
+rational-quadratic splines on [−π, π)). This benchmark runs both on the
+same machine in the same run, each in its own fresh process:
+
+* quality at equal training wall time: reverse KL (Eq. 9) with batch 256
+  and Adam 1e-3 on each target; ESS and KL (nats, with the target's exact
+  log Z) on 20 000 fresh samples at each of --budgets seconds of training
+  (evaluation time is not counted). Both sides are scored by this
+  library's float64 target energy on the samples they draw;
+* throughput: log_prob and sample+log_prob of 4096 points (median of 5) on
+  T², T⁸ and T³² with each library in its fastest mode (XLA for IRCPM;
+  `torch.compile` for zuko where it compiles, else eager: the table says
+  which).
+
+IRCPM side: `make_flow(Torus(n), 3, share=True, hidden_units=(32, 32))`
+(1 248 parameters on T²), trained by `losses.reverse_kl_loss` in an XLA
+step. zuko side: `NCSF(features=n, transforms=3, hidden_features=(64, 64),
+bins=8)` (22 026 parameters on T²), torch 2.13 CPU.
+
+  pip install -c constraints.txt -e '.[peers]'
+  python -m benchmarks.peers [--targets=u1,u2,u3,pairs8,pairs32]
+      [--budgets=30,120,600] [--throughput_dims=2,8,32]
+      [--output=benchmarks/peers.json]
+
+Without torch and zuko it prints why and exits 0 (torch is never a
+dependency of tfp_ircpm).
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list('targets', ['u1', 'u2', 'u3', 'pairs8', 'pairs32'],
+                  'Targets: u1, u2, u3 (T², Table 1) and pairs<n> (Tⁿ, '
+                  '`targets.torus_correlated_pairs`).')
+flags.DEFINE_list('budgets', ['30', '120', '600'],
+                  'Training seconds at which to evaluate.')
+flags.DEFINE_list('throughput_dims', ['2', '8', '32'],
+                  'Torus dimensions of the throughput rows.')
+flags.DEFINE_integer('batch_size', 256, 'Reverse-KL batch.')
+flags.DEFINE_integer('eval_samples', 20000, 'Samples for ESS and KL.')
+flags.DEFINE_integer('seed', 0, 'Seed of both sides.')
+flags.DEFINE_string('output', 'benchmarks/peers.json', 'JSON output.')
+flags.DEFINE_string('side', None, 'Internal: run one side in this process '
+                    '("ircpm:quality:u2", "zuko:throughput:8", …).')
+
+THROUGHPUT_POINTS = 4096
+REPEATS = 5
+
+
+def have_peers() -> bool:
+  try:
+    import torch  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+    import zuko  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+def _target(name: str):
+  from tfp_ircpm import targets  # pylint: disable=g-import-not-at-top
+  if name.startswith('pairs'):
+    return targets.torus_correlated_pairs(int(name[5:]))
+  return targets.TARGETS[name]()
+
+
+def _metrics(log_q, log_p, log_z: float) -> dict:
+  """ESS (fraction) and KL(q‖p) from float64 log-densities, as
+  `metrics.evaluate` computes them; NaN ESS if any weight is not finite."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tfp_ircpm import metrics  # pylint: disable=g-import-not-at-top
+  log_w = np.asarray(log_p, np.float64) - np.asarray(log_q, np.float64)
+  bad = int(np.sum(~np.isfinite(log_w)))
+  return dict(ess=float(metrics.ess_from_log_weights(log_w)) if not bad
+              else float('nan'), kl=float(np.mean(-log_w) + log_z),
+              nonfinite=bad)
+
+
+def _log_p(target, points):
+  """This library's float64 energy of the points [N, n] (angles; both
+  libraries' conventions differ by 2π shifts, which u ignores)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return target.unnormalized_log_prob(tf.constant(points, tf.float64)).numpy()
+
+
+# -- IRCPM side ------------------------------------------------------------------
+
+
+def _ircpm_flow(dim: int):
+  import tfp_ircpm as ircpm  # pylint: disable=g-import-not-at-top
+  return ircpm.make_flow(ircpm.Torus(dim), 3, share=True,
+                         hidden_units=(32, 32))
+
+
+def _ircpm_quality(target_name: str, budgets) -> dict:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  from tfp_ircpm import losses  # pylint: disable=g-import-not-at-top
+  target = _target(target_name)
+  q = _ircpm_flow(target.manifold.dim)
+  opt = tf_keras.optimizers.Adam(1e-3)
+  variables = q.trainable_variables
+
+  @tf.function(jit_compile=True)
+  def step(seed):
+    with tf.GradientTape() as tape:
+      loss = losses.reverse_kl_loss(q, target, FLAGS.batch_size, seed)
+    opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    return loss
+
+  @tf.function(jit_compile=True)
+  def draw(seed):
+    return q.experimental_sample_and_log_prob(5000, seed=seed)
+
+  def evaluate(k):
+    log_q, log_p = [], []
+    for i in range(-(-FLAGS.eval_samples // 5000)):
+      x, lq = draw(tf.constant([FLAGS.seed + 7, 1000 * k + i]))
+      log_q.append(lq.numpy())
+      log_p.append(_log_p(target, x.numpy()))
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    return _metrics(np.concatenate(log_q), np.concatenate(log_p),
+                    target.log_normalizer)
+
+  def one_step(i):
+    return float(step(tf.constant([FLAGS.seed, i])))
+
+  return _quality_loop(one_step, evaluate, budgets,
+                       sum(int(tf.size(v)) for v in variables))
+
+
+def _ircpm_throughput(dim: int) -> dict:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  q = _ircpm_flow(dim)
+  x = q.sample(THROUGHPUT_POINTS, seed=(1, 2))
+  log_prob = tf.function(q.log_prob, jit_compile=True)
+  sample = tf.function(
+      lambda s: q.experimental_sample_and_log_prob(THROUGHPUT_POINTS, seed=s),
+      jit_compile=True)
+  seed = tf.constant([3, 4])
+  return dict(mode='XLA',
+              log_prob_s=common.median_seconds(lambda: log_prob(x), REPEATS),
+              sample_and_log_prob_s=common.median_seconds(
+                  lambda: sample(seed), REPEATS))
+
+
+# -- zuko side -------------------------------------------------------------------
+
+
+def _zuko_flow(dim: int):
+  import torch  # pylint: disable=g-import-not-at-top
+  import zuko  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(FLAGS.seed)
+  return zuko.flows.NCSF(features=dim, transforms=3,
+                         hidden_features=(64, 64), bins=8)
+
+
+def _torch_energy(target_name: str):
+  """The target's u in torch, for zuko's training gradients; checked
+  against the library's energy at the start of every run."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from tfp_ircpm import targets  # pylint: disable=g-import-not-at-top
+  if target_name == 'u1':
+    return lambda t: torch.sin(2. * (t[..., 0] - t[..., 1]))
+  if target_name == 'u2':
+    phi = torch.tensor(targets._U2_PHI)  # pylint: disable=protected-access
+    return lambda t: -torch.logsumexp(
+        torch.cos(t[..., None, :] - phi).sum(-1), dim=-1)
+  if target_name == 'u3':
+    return lambda t: 1.4 * torch.sin(2. * t[..., 0]) * torch.sin(
+        2. * t[..., 1])
+  def pairs(t):
+    p = t.reshape(t.shape[:-1] + (-1, 2))
+    a, b = p[..., 0], p[..., 1]
+    return -(torch.cos(a) + torch.cos(b)
+             + 3. * torch.cos(a - b - math.pi / 2.)).sum(-1)
+  return pairs
+
+
+def _zuko_quality(target_name: str, budgets) -> dict:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  target = _target(target_name)
+  energy = _torch_energy(target_name)
+  probe = np.random.default_rng(0).uniform(-math.pi, math.pi,
+                                           (64, target.manifold.dim))
+  np.testing.assert_allclose(
+      -energy(torch.tensor(probe)).numpy(), _log_p(target, probe),
+      rtol=1e-10, atol=1e-10)
+  flow = _zuko_flow(target.manifold.dim)
+  opt = torch.optim.Adam(flow.parameters(), lr=1e-3)
+
+  def one_step(i):
+    del i
+    x, log_q = flow().rsample_and_log_prob((FLAGS.batch_size,))
+    loss = (log_q + energy(x)).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(loss)
+
+  def evaluate(k):
+    del k
+    with torch.no_grad():
+      x, log_q = flow().rsample_and_log_prob((FLAGS.eval_samples,))
+    x = x.double().numpy()
+    return _metrics(log_q.double().numpy(), _log_p(target, x),
+                    target.log_normalizer)
+
+  return _quality_loop(one_step, evaluate, budgets,
+                       sum(p.numel() for p in flow.parameters()))
+
+
+def _zuko_throughput(dim: int) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  flow = _zuko_flow(dim)
+  with torch.no_grad():
+    x = flow().sample((THROUGHPUT_POINTS,))
+
+  def log_prob_eager():
+    with torch.no_grad():
+      return flow().log_prob(x)
+
+  def sample_eager():
+    with torch.no_grad():
+      return flow().rsample_and_log_prob((THROUGHPUT_POINTS,))
+
+  out = dict(eager_log_prob_s=common.median_seconds(log_prob_eager, REPEATS),
+             eager_sample_and_log_prob_s=common.median_seconds(sample_eager,
+                                                               REPEATS))
+  try:
+    log_prob_c = torch.compile(log_prob_eager)
+    sample_c = torch.compile(sample_eager)
+    out.update(
+        compiled_log_prob_s=common.median_seconds(log_prob_c, REPEATS),
+        compiled_sample_and_log_prob_s=common.median_seconds(sample_c,
+                                                             REPEATS))
+  except Exception as e:  # pylint: disable=broad-except
+    out['compile_error'] = f'{type(e).__name__}: {str(e)[:200]}'
+  # The fastest mode of each call, as the comparison uses.
+  for key in ('log_prob_s', 'sample_and_log_prob_s'):
+    modes = {m: out[f'{m}_{key}'] for m in ('eager', 'compiled')
+             if f'{m}_{key}' in out}
+    best = min(modes, key=modes.get)
+    out[key], out[f'{key[:-2]}_mode'] = modes[best], best
+  return out
+
+
+# -- shared ----------------------------------------------------------------------
+
+
+def _quality_loop(one_step, evaluate, budgets, num_parameters) -> dict:
+  """Steps until each budget of training seconds, then evaluates (the
+  evaluation is not counted); the first step's time is reported apart."""
+  start = time.perf_counter()
+  one_step(0)
+  first = time.perf_counter() - start
+  trained, steps, rows = first, 1, []
+  for k, budget in enumerate(budgets):
+    tic = time.perf_counter()
+    while trained + (time.perf_counter() - tic) < budget:
+      one_step(steps)
+      steps += 1
+    trained += time.perf_counter() - tic
+    rows.append(dict(seconds=round(trained, 1), steps=steps, **evaluate(k)))
+    print(json.dumps(rows[-1]), flush=True)
+  return dict(first_step_s=first, num_parameters=num_parameters, rows=rows,
+              steady_step_ms=1e3 * (trained - first) / max(steps - 1, 1))
+
+
+def _run_side(spec: str) -> dict:
+  library, what, arg = spec.split(':')
+  if what == 'quality':
+    budgets = [float(b) for b in FLAGS.budgets]
+    fn = _ircpm_quality if library == 'ircpm' else _zuko_quality
+    return fn(arg, budgets)
+  fn = _ircpm_throughput if library == 'ircpm' else _zuko_throughput
+  return fn(int(arg))
+
+
+def _fresh_process(spec: str) -> dict:
+  args = [sys.executable, '-m', 'benchmarks.peers', f'--side={spec}',
+          f'--budgets={",".join(FLAGS.budgets)}',
+          f'--batch_size={FLAGS.batch_size}',
+          f'--eval_samples={FLAGS.eval_samples}', f'--seed={FLAGS.seed}']
+  proc = subprocess.run(args, capture_output=True, text=True, check=False)
+  if proc.returncode:
+    return dict(error=proc.stderr[-2000:])
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _table(result: dict) -> str:
+  lines = ['Quality at equal training time (reverse KL, batch '
+           f'{FLAGS.batch_size}): ESS % / KL nats',
+           '| target | seconds | IRCPM ESS | IRCPM KL | zuko ESS | zuko KL |',
+           '|---|---|---|---|---|---|']
+  for name, sides in result['quality'].items():
+    rows = [sides[s].get('rows', []) for s in ('ircpm', 'zuko')]
+    for k, budget in enumerate(FLAGS.budgets):
+      cells = []
+      for r in rows:
+        cells += ([f'{100 * r[k]["ess"]:.2f}', f'{r[k]["kl"]:.4f}']
+                  if k < len(r) else ['–', '–'])
+      lines.append(f'| {name} | {budget} | ' + ' | '.join(cells) + ' |')
+  lines += ['', f'Throughput, {THROUGHPUT_POINTS} points (median of '
+            f'{REPEATS}): milliseconds, and zuko / IRCPM',
+            '| torus | call | IRCPM (XLA) | zuko (mode) | zuko / IRCPM |',
+            '|---|---|---|---|---|']
+  for dim, sides in result['throughput'].items():
+    for call in ('log_prob', 'sample_and_log_prob'):
+      ours, theirs = sides['ircpm'], sides['zuko']
+      if f'{call}_s' not in ours or f'{call}_s' not in theirs:
+        lines.append(f'| T{dim} | {call} | error | error | – |')
+        continue
+      a, b = ours[f'{call}_s'], theirs[f'{call}_s']
+      lines.append(f'| T{dim} | {call} | {1e3 * a:.1f} | {1e3 * b:.1f} '
+                   f'({theirs[f"{call}_mode"]}) | {b / a:.2f} |')
+  return '\n'.join(lines)
+
+
+def main(_):
+  if FLAGS.side:
+    print(json.dumps(_run_side(FLAGS.side)), flush=True)
+    return
+  if not have_peers():
+    print('benchmarks.peers needs torch and zuko: pip install -c '
+          "constraints.txt -e '.[peers]' (skipped).")
+    return
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  result = dict(load_average_start=common.load_average(),
+                budgets=[float(b) for b in FLAGS.budgets],
+                quality={}, throughput={})
+  for name in FLAGS.targets:
+    result['quality'][name] = {
+        lib: _fresh_process(f'{lib}:quality:{name}')
+        for lib in ('ircpm', 'zuko')}
+    print(name, json.dumps(result['quality'][name]), flush=True)
+  for dim in FLAGS.throughput_dims:
+    result['throughput'][dim] = {
+        lib: _fresh_process(f'{lib}:throughput:{dim}')
+        for lib in ('ircpm', 'zuko')}
+    print(f'T{dim}', json.dumps(result['throughput'][dim]), flush=True)
+  result['load_average_end'] = common.load_average()
+  common.write_json(result, FLAGS.output)
+  print(_table(result))
+
+
+if __name__ == '__main__':
+  app.run(main)
