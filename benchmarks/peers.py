@@ -175,9 +175,10 @@ def _torch_energy(target_name: str):
   if target_name == 'u1':
     return lambda t: torch.sin(2. * (t[..., 0] - t[..., 1]))
   if target_name == 'u2':
-    phi = torch.tensor(targets._U2_PHI)  # pylint: disable=protected-access
+    phi = torch.tensor(targets._U2_PHI,  # pylint: disable=protected-access
+                       dtype=torch.float64)
     return lambda t: -torch.logsumexp(
-        torch.cos(t[..., None, :] - phi).sum(-1), dim=-1)
+        torch.cos(t[..., None, :] - phi.to(t.dtype)).sum(-1), dim=-1)
   if target_name == 'u3':
     return lambda t: 1.4 * torch.sin(2. * t[..., 0]) * torch.sin(
         2. * t[..., 1])
@@ -278,7 +279,8 @@ def _quality_loop(one_step, evaluate, budgets, num_parameters) -> dict:
     rows.append(dict(seconds=round(trained, 1), steps=steps, **evaluate(k)))
     print(json.dumps(rows[-1]), flush=True)
   return dict(first_step_s=first, num_parameters=num_parameters, rows=rows,
-              steady_step_ms=1e3 * (trained - first) / max(steps - 1, 1))
+              steady_step_ms=(1e3 * (trained - first) / (steps - 1)
+                              if steps > 1 else float('nan')))
 
 
 def _run_side(spec: str) -> dict:
@@ -304,17 +306,27 @@ def _fresh_process(spec: str) -> dict:
 
 def _table(result: dict) -> str:
   lines = ['Quality at equal training time (reverse KL, batch '
-           f'{FLAGS.batch_size}): ESS % / KL nats',
-           '| target | seconds | IRCPM ESS | IRCPM KL | zuko ESS | zuko KL |',
-           '|---|---|---|---|---|---|']
+           f'{FLAGS.batch_size}): ESS % / KL nats / steps; a side whose first '
+           'step (compilation) outlasts a budget is evaluated after it',
+           '| target | budget (s) | IRCPM ESS | KL | steps | zuko ESS | KL | '
+           'steps |', '|---|---|---|---|---|---|---|---|']
   for name, sides in result['quality'].items():
     rows = [sides[s].get('rows', []) for s in ('ircpm', 'zuko')]
     for k, budget in enumerate(FLAGS.budgets):
       cells = []
       for r in rows:
-        cells += ([f'{100 * r[k]["ess"]:.2f}', f'{r[k]["kl"]:.4f}']
-                  if k < len(r) else ['–', '–'])
+        cells += ([f'{100 * r[k]["ess"]:.2f}', f'{r[k]["kl"]:.4f}',
+                   f'{r[k]["steps"]} ({r[k]["seconds"]:.0f} s)']
+                  if k < len(r) else ['error', '–', '–'])
       lines.append(f'| {name} | {budget} | ' + ' | '.join(cells) + ' |')
+  lines += ['', '| target | side | parameters | first step (s) | steady step '
+            '(ms) |', '|---|---|---|---|---|']
+  for name, sides in result['quality'].items():
+    for side in ('ircpm', 'zuko'):
+      r = sides[side]
+      if 'rows' in r:
+        lines.append(f'| {name} | {side} | {r["num_parameters"]} | '
+                     f'{r["first_step_s"]:.2f} | {r["steady_step_ms"]:.1f} |')
   lines += ['', f'Throughput, {THROUGHPUT_POINTS} points (median of '
             f'{REPEATS}): milliseconds, and zuko / IRCPM',
             '| torus | call | IRCPM (XLA) | zuko (mode) | zuko / IRCPM |',

@@ -128,6 +128,12 @@ def test_a_backup_of_another_model_is_refused(tmp_path):
     training.train(_loss(w), [w], STEPS, backup_dir=backup, backup_every=0)
 
 
+def test_data_that_runs_out_is_an_error():
+  v, _ = _problem()
+  with pytest.raises(ValueError, match='data ran out after 20 steps of 25'):
+    training.train(_data_loss(v), [v], 25, data=_dataset(), log_every=0)
+
+
 # -- FlowModel.fit with tfp_ircpm.keras.BackupAndRestore ------------------------
 # Any tfd.Distribution trains in a FlowModel: a Gaussian keeps these cheap.
 

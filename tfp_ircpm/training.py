@@ -84,7 +84,8 @@ def train(loss_fn: Callable[..., tf.Tensor],
       and restarted with the same arguments ends with the weights of an
       uninterrupted run (with `data`, provided the dataset's order is
       deterministic, e.g. a seeded shuffle). Under a multi-worker strategy
-      every worker saves (saving is collective), the chief into
+      every worker saves (a save may read variables that are synchronised
+      across workers), the chief into
       `backup_dir`, the others into `backup_dir/worker-<id>`; all restore
       the chief's. An unreadable or mismatched backup raises ValueError
       naming its file (`tfp_ircpm.backup`). Callbacks see only the steps
@@ -136,7 +137,12 @@ def train(loss_fn: Callable[..., tf.Tensor],
   seeds = tfp.random.split_seed(seed, n=steps)
   start = time.time()
   for i in range(start_step, steps):
-    batch = () if batches is None else (next(batches),)
+    try:
+      batch = () if batches is None else (next(batches),)
+    except StopIteration:
+      raise ValueError(f'data ran out after {i} steps of {steps}: give at '
+                       'least `steps` batches (e.g. dataset.repeat()).'
+                       ) from None
     loss = float(step(seeds[i], *batch))
     losses.append(loss)
     stop = callback is not None and callback(i, loss)
@@ -144,7 +150,7 @@ def train(loss_fn: Callable[..., tf.Tensor],
       print(f'step {i:5d}  loss {loss:.5f}  {time.time() - start:7.1f}s',
             flush=True)
     if backup is not None and (len(losses) % int(backup_every) == 0
-                               or stop or i == steps - 1):
+                               or i == steps - 1):
       backup.save(losses)
     if stop:
       print(f'stopped at step {i} by the callback', flush=True)
