@@ -431,9 +431,10 @@ def record(q, report: FitReport, split, manifold: base_lib.Manifold,
     dedup = data_lib.deduplicated(split.test, split.train)
     result['kde'] = dict(
         concentration=tuned.concentration,
-        test_nll=training.batched_nll(tuned.distribution, split.test),
-        test_nll_deduplicated=(training.batched_nll(tuned.distribution, dedup)
-                               if len(dedup) else None),
+        test_nll=training.batched_nll(tuned.distribution, split.test,
+                                     traced=False),
+        test_nll_deduplicated=(training.batched_nll(
+            tuned.distribution, dedup, traced=False) if len(dedup) else None),
         seconds=time.time() - start)
   return result
 

@@ -94,7 +94,8 @@ def tune(manifold: base_lib.Manifold, train_points, validation_points,
   """
   grid = [float(k) for k in (concentrations or DEFAULT_CONCENTRATIONS)]
   scores = [metrics.batched_nll(kde(manifold, train_points, k, dtype),
-                                validation_points) for k in grid]
+                                validation_points, traced=False)
+            for k in grid]
   best = int(np.nanargmin(scores))
   return TunedKDE(kde(manifold, train_points, grid[best], dtype), grid[best],
                   scores[best], grid, scores)

@@ -144,12 +144,18 @@ def log_prob_fn(q: tfd.Distribution):
   return fn
 
 
-def batched_nll(q: tfd.Distribution, points, batch_size: int = 4096) -> float:
-  """-mean log q(x) over points [N, ambient_dim], in batches (float)."""
+def batched_nll(q: tfd.Distribution, points, batch_size: int = 4096,
+                traced: bool = True) -> float:
+  """-mean log q(x) over points [N, ambient_dim], in batches (float).
+
+  `traced` runs q's `log_prob_fn` (one trace per q, worth it for a flow
+  scored again and again); False runs log_prob eagerly, for a distribution
+  scored once (a trace would cost more than it saves: `kde.tune`).
+  """
   points = tf.convert_to_tensor(points, q.dtype)
+  log_prob = log_prob_fn(q) if traced else q.log_prob
   n = int(points.shape[0])
   total = 0.
   for start in range(0, n, batch_size):
-    total += float(tf.reduce_sum(log_prob_fn(q)(points[start:start +
-                                                       batch_size])))
+    total += float(tf.reduce_sum(log_prob(points[start:start + batch_size])))
   return -total / n
