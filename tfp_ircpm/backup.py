@@ -52,8 +52,9 @@ def restore_error(path: str, error: Exception) -> ValueError:
   return ValueError(
       f'Cannot restore the backup {path} (files {path}.index and '
       f'{path}.data-*): {type(error).__name__}: {message}. It is truncated, '
-      'corrupted, or from another model or number of steps; remove it to fall back to the '
-      'previous backup, or remove the directory to start over.')
+      'corrupted, or from another model or number of steps; remove it to '
+      'fall back to the previous backup, or remove the directory to start '
+      'over.')
 
 
 def restore(checkpoint: tf.train.Checkpoint, path: str) -> None:

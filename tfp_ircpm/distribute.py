@@ -16,8 +16,9 @@ Cluster helpers: `role(strategy)` says which task this process is, and
 `backup_directory` is where it writes its backups (the chief's directory,
 or a per-worker scratch directory: under `MultiWorkerMirroredStrategy`
 every worker takes part in a save, but only the chief's copy is kept).
-`tfp_ircpm.training.train(..., backup_dir=...)` and
-`tf_keras.callbacks.BackupAndRestore` use the same rule.
+`tfp_ircpm.training.train(..., backup_dir=...)` follows it;
+`tf_keras.callbacks.BackupAndRestore` has the same rule under its own names
+(`backup_dir/chief`, `backup_dir/workertemp_<id>`).
 """
 
 import contextlib

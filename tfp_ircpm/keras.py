@@ -354,11 +354,11 @@ class BackupAndRestore(tf_keras.callbacks.BackupAndRestore):
     # Keras keeps the chief's copy in backup_dir/chief and reads it there.
     chief = os.path.join(self.backup_dir, 'chief')
     path = backup_lib.latest(chief)
-    optimizer = self.model.optimizer
-    if path is not None and self.model.built and hasattr(optimizer, 'build'):
-      # As Keras does next: the slots then exist and are checked too.
-      optimizer.build(self.model.trainable_variables)
     if path is not None:
+      optimizer = self.model.optimizer
+      if self.model.built and hasattr(optimizer, 'build'):
+        # As Keras does next: the slots then exist and are checked too.
+        optimizer.build(self.model.trainable_variables)
       # Check that the model and optimizer restore in full before Keras
       # restores (it does not check); Keras then reads the same values
       # and its epoch and batch counters.
