@@ -491,3 +491,20 @@ def test_gradients_never_flow_through_solver_iterations():
   assert b_descent.solve(x).iterations.numpy().min() >= 5
   assert b_newton.solve(x).iterations.numpy().max() <= 3
   np.testing.assert_allclose(grads[0], grads[1], atol=1e-8)
+
+
+def test_each_layer_traces_its_solve_once_without_retracing_warnings(caplog):
+  """A new batch size reuses the solve's trace (batch dimension unknown),
+  and the layers of a stack do not count as retraces of one another (TF
+  keys its retracing warning on the traced function's code)."""
+  m = M.Sphere(2)
+  links = [make_bijector(m, scale=0.1, seed=s) for s in range(6)]
+  with caplog.at_level('WARNING', logger='tensorflow'):
+    for n in (5, 7, 9):
+      x = m.uniform(tf.float64).sample(n, seed=n)
+      for bij in links:
+        y = bij.forward(x)
+        np.testing.assert_allclose(bij.inverse(tf.identity(y)), x, atol=1e-9)
+  for bij in links:
+    assert bij._solve_fn.experimental_get_tracing_count() == 1  # pylint: disable=protected-access
+  assert not [r for r in caplog.records if 'retracing' in r.getMessage()]

@@ -1,5 +1,6 @@
 """The Implicit Riemannian Concave Potential Map as a TFP bijector."""
 
+import functools
 import sys
 import warnings
 from typing import Callable, NamedTuple, Optional
@@ -205,11 +206,16 @@ class IRCPM(tfb.Bijector):
                and manifold.ambient_dim <= MAX_REVERSE_JACOBIAN_DIM)
       signature = (None if dtype is None or not small else
                    [tf.TensorSpec([None, manifold.ambient_dim], dtype)])
-      traced = lambda fn: tf.function(
-          fn, input_signature=signature, reduce_retracing=signature is None,
-          autograph=False, experimental_attributes=no_inline)
-      self._solve_fn = traced(self._solve_flat)
-      self._log_det_fn = traced(self._log_det_flat)
+      # TF counts traces per function *code*: bound methods of several
+      # IRCPMs share it, so one trace per instance (a 6-layer stack) read as
+      # "6 out of the last 6 calls triggered retracing". A partial per
+      # instance is its own key.
+      traced = lambda method: tf.function(
+          functools.partial(method, self), input_signature=signature,
+          reduce_retracing=signature is None, autograph=False,
+          experimental_attributes=no_inline)
+      self._solve_fn = traced(type(self)._solve_flat)
+      self._log_det_fn = traced(type(self)._log_det_flat)
       super().__init__(
           forward_min_event_ndims=1,
           dtype=self._potential_dtype(),
