@@ -146,6 +146,19 @@ def test_deduplicated_drops_exactly_the_rows_seen_in_training():
                                 np.unique(test, axis=0))
 
 
+def test_well_owners_are_the_rows_of_unrepeated_centres():
+  m = ircpm.Sphere(2)
+  pts = m.uniform(tf.float64).sample(6, seed=3).numpy()
+  train = np.concatenate([pts, pts[2:4]])   # rows 6, 7 repeat rows 2, 3
+  w = P.Wells(m, data_lib.distinct(train), concentration=100., curvature=0.1,
+              dtype=tf.float64)
+  owners = density.well_owners(train, w)
+  for j, c in enumerate(w.centre_variable.numpy()):
+    rows = np.where(np.all(np.isclose(train, c, atol=1e-9), -1))[0]
+    assert owners[j] == (rows[0] if len(rows) == 1 else -1)
+  assert sorted(owners[owners >= 0]) == [0, 1, 4, 5]
+
+
 def test_read_columns_by_name_and_index(tmp_path):
   path = tmp_path / 'a.csv'
   path.write_text('# source\nphi,psi,label\n0.5,1.5,3\n-1,2,4\n')

@@ -204,3 +204,50 @@ def test_crowd_bound_gives_coincident_wells_the_budget_of_one():
   np.testing.assert_allclose(crowd.gradient_and_concavity_bounds()[1],
                              one.gradient_and_concavity_bounds()[1],
                              rtol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['S2', 'T2'])
+def test_leave_one_out_drops_exactly_each_rows_own_well(name):
+  """Row n of a batch sees ψ without the well that row owns: the same
+  value and closed-form derivatives as `Wells` built without that centre
+  (and all wells where the row owns none, or in a call of another size)."""
+  m = MANIFOLDS[name]()
+  w = _wells(m, 7, seed=21, kappa_range=(5., 200.))
+  c = w.centres().numpy()
+  owners = np.array([3, -1, 0, 5, -1, 2, 6], np.int32)   # well j's row
+  rows = np.array([0, 1, 3, 5, 2], np.int32)   # the batch's row indices
+  loo = P.LeaveOneOut(w, owners, batch_size=len(rows))
+  loo.rows.assign(rows)
+  # Each row sits near (not at) its own well, where that well matters
+  # (row 1 owns none: near well 1, which is shared).
+  near = [int(np.where(owners == r)[0][0]) if r in owners else 1
+          for r in rows]
+  k = w.concentrations().numpy()[near]
+  v = m.proju(tf.constant(c[near]), tf.constant(
+      np.random.default_rng(4).normal(size=c[near].shape))).numpy()
+  v *= (0.5 / np.sqrt(k) / np.linalg.norm(v, axis=-1))[:, None]
+  x = m.expmap(tf.constant(c[near]), tf.constant(v))
+  value = loo(x).numpy()
+  psi, grad, hess = loo.ambient_derivatives(x)
+  for n, row in enumerate(rows):
+    own = np.where(owners == row)[0]
+    keep = np.setdiff1d(np.arange(7), own)
+    ref = P.Wells(m, c[keep], concentration=w.concentrations().numpy()[keep],
+                  curvature=0.5, bound='well', dtype=tf.float64)
+    ref.share_logits.assign(w.share_logits.numpy()[keep])
+    xn = x[n:n + 1]
+    r_psi, r_grad, r_hess = ref.ambient_derivatives(xn)
+    np.testing.assert_allclose(value[n], r_psi[0], rtol=1e-12)
+    np.testing.assert_allclose(psi[n], r_psi[0], rtol=1e-12)
+    np.testing.assert_allclose(grad[n], r_grad[0], rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(hess[n], r_hess[0], rtol=1e-10, atol=1e-14)
+    if len(own):   # the own well was there to drop
+      assert abs(value[n] - w(xn).numpy()[0]) > 1e-6
+    else:
+      assert value[n] == pytest.approx(w(xn).numpy()[0], rel=1e-14)
+  # Another size (the log-det's global-minimum candidates): every well.
+  np.testing.assert_allclose(loo(x[:3]), w(x[:3]), rtol=1e-14)
+  # The variables are the wells' own, so its gradient trains them.
+  with tf.GradientTape() as tape:
+    total = tf.reduce_sum(loo(x))
+  assert tape.gradient(total, w.share_logits) is not None

@@ -138,6 +138,19 @@ def well_layers(manifold: base_lib.Manifold, train_points: np.ndarray,
   return psis
 
 
+def well_owners(train_points: np.ndarray, wells: potentials.Wells,
+                decimals: int = data_lib.DECIMALS) -> np.ndarray:
+  """[M] int: the row of `train_points` that alone has well j's centre as
+  its coordinate (after `data.distinct`'s rounding), or -1 where several
+  rows or none do (`potentials.LeaveOneOut`)."""
+  rows = {}
+  for i, key in enumerate(map(tuple, np.round(train_points, decimals))):
+    rows.setdefault(key, []).append(i)
+  centres = np.round(wells.centre_variable.numpy(), decimals)
+  owners = [rows.get(tuple(c), []) for c in centres]
+  return np.asarray([r[0] if len(r) == 1 else -1 for r in owners], np.int32)
+
+
 def _rings(manifold: base_lib.Manifold, x: tf.Tensor, radius: float,
            seed) -> tf.Tensor:
   """exp_x(v) for random tangent v with |v| ∈ radius·[0.3, 2]."""
@@ -162,7 +175,8 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
         check_points: int = 20000, keep: int = 3,
         base: str = 'auto', base_components: int = 500,
         base_steps: int = 1500,
-        jit_compile: bool = True, dtype=tf.float32, verbose: bool = True):
+        jit_compile: bool = True, dtype=tf.float32, verbose: bool = True,
+        leave_one_out: bool = False):
   """Fits a coarse-to-fine wells flow by maximum likelihood (module doc).
 
   Args:
@@ -262,6 +276,18 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
   train_t = tf.constant(train_np)
   n = len(train_np)
   batch = min(int(batch_size), n)
+  nll_q, loo = q, []
+  if leave_one_out:
+    loo = [potentials.LeaveOneOut(psi, well_owners(train_np, psi), batch)
+           for psi in psis]
+    # A training objective, not the model: removing row i's own well can
+    # fold the leave-one-out map at x_i (the well's curvature was holding
+    # its neighbours' skirts there), and then log|det| → −∞ at det = 0 is
+    # itself a barrier. The model's folds are the barrier's and the
+    # monitor's business, on q.
+    nll_q = flows.make_flow(manifold, len(loo), potential=loo,
+                            base=base_dist, dtype=dtype, fold='ignore',
+                            global_check_points=0)
   radii = [math.sqrt(3. / float(k)) for k in concentrations]
   links = flows.distinct(flows.bijector_layers(q.bijector))
   num_uniform = int(penalty_points) // 2
@@ -271,7 +297,9 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
     s_batch, s_uniform, s_rings = tfp.random.split_seed(s, n=3)
     idx = tf.random.stateless_uniform([batch], s_batch, 0, n, dtype=tf.int32)
     x = tf.gather(train_t, idx)
-    loss = losses.nll_loss(q, x)
+    for psi in loo:
+      psi.rows.assign(idx)
+    loss = losses.nll_loss(nll_q, x)
     if not fold_penalty:
       return loss
     # Each link's concave skirts lie at about √(3/κ_l) from its centres,

@@ -455,7 +455,8 @@ class Wells(tf.Module):
     return (tf.reduce_sum(a / tf.sqrt(math.e * k)),
             tf.reduce_sum(a * well_concavity(k)))
 
-  def ambient_derivatives(self, x: tf.Tensor, with_hessian: bool = True):
+  def ambient_derivatives(self, x: tf.Tensor, with_hessian: bool = True,
+                          keep: Optional[tf.Tensor] = None):
     """(ψ [N], ∇ψ [N, A], ∇²ψ [N, A, A] or None) in closed form, or None.
 
     Euclidean derivatives in ambient coordinates (the derivatives engine's
@@ -471,6 +472,8 @@ class Wells(tf.Module):
     Args:
       x: [N, ambient_dim].
       with_hessian: also return ∇²ψ (else None in its place).
+      keep: optional [N, M] weights of the wells at each point (1 keeps a
+        well, 0 leaves it out: `LeaveOneOut`).
     """
     from tfp_ircpm.manifolds import sphere as sphere_lib  # pylint: disable=g-import-not-at-top
     from tfp_ircpm.manifolds import torus as torus_lib  # pylint: disable=g-import-not-at-top
@@ -490,6 +493,8 @@ class Wells(tf.Module):
       # 1 − cos r = 2 sin²(r/2): no cancellation near the centres.
       g = 2. * tf.reduce_sum(tf.square(tf.sin(0.5 * diff)), axis=-1)
     e = tf.exp(-k * g)                                        # [N, M]
+    if keep is not None:
+      e = e * tf.cast(keep, dtype)
     w = a * e
     psi = -tf.reduce_sum((a / k) * e, axis=-1)
     grad = tf.einsum('nm,nma->na', w, grad_g)
@@ -503,7 +508,10 @@ class Wells(tf.Module):
       curv = tf.linalg.diag(tf.einsum('nm,nma->na', w, tf.cos(diff)))
     return psi, grad, curv - outer
 
-  def __call__(self, x: tf.Tensor) -> tf.Tensor:
+  def __call__(self, x: tf.Tensor,
+               keep: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """ψ(x) [...] for x [..., ambient_dim]; `keep` [..., M] as in
+    `ambient_derivatives`."""
     dtype = x.dtype
     e = self.manifold.embed(x)[..., tf.newaxis, :]           # [..., 1, E]
     ec = tf.cast(self.manifold.embed(self.centres()), dtype)  # [M, E]
@@ -512,7 +520,66 @@ class Wells(tf.Module):
     g = 0.5 * tf.reduce_sum(tf.square(e - ec), axis=-1)      # [..., M]
     k = tf.cast(self.concentrations(), dtype)
     a = tf.cast(self.curvatures(), dtype)
-    return -tf.reduce_sum((a / k) * tf.exp(-k * g), axis=-1)
+    e = tf.exp(-k * g)
+    if keep is not None:
+      e = e * tf.cast(keep, dtype)
+    return -tf.reduce_sum((a / k) * e, axis=-1)
+
+
+class LeaveOneOut(tf.Module):
+  """The wells' ψ with each training row's own well left out.
+
+  Maximum likelihood on the points that the wells are centred at rewards
+  each well for its own centre: a well of width 1/√κ at an isolated
+  training point raises that point's density by up to (1 + a)ⁿ whether or
+  not any other point lies near it, so fine wells memorise the training
+  set. The leave-one-out likelihood, the classical remedy for kernel
+  bandwidths, scores row i under the wells without the one centred at row
+  i: a well then gains only from the *other* points within its reach. A
+  coordinate that occurs in several rows keeps its well for all of them
+  (the other copies justify it): repeated event sites earn their spikes.
+
+  Evaluate this potential on [batch_size, ambient_dim] points, the batch
+  whose training-row indices were last assigned to `rows` ([batch_size]
+  int32); it shares every variable with `wells`, so the gradient trains
+  them.
+
+  Args:
+    wells: a `Wells`.
+    owners: [M] int, the training row that alone owns well j (its centre
+      is that row's coordinate and no other row's), or -1.
+    batch_size: rows per evaluation.
+  """
+
+  def __init__(self, wells: Wells, owners, batch_size: int,
+               name: str = 'leave_one_out'):
+    super().__init__(name=name)
+    owners = np.asarray(owners, np.int32)
+    if owners.shape != (wells.num_wells,):
+      raise ValueError(f'owners must have shape [{wells.num_wells}], got '
+                       f'{owners.shape}.')
+    self.wells = wells
+    self.owners = tf.constant(owners)
+    with self.name_scope:
+      self.rows = tf.Variable(tf.fill([int(batch_size)], -2), trainable=False,
+                              name='rows')
+
+  def _keep(self, x: tf.Tensor) -> tf.Tensor:
+    """[N, M]: False where well j is row n's own. Owner -1 never equals a
+    row index (>= 0), so shared wells are always kept; so are all wells at
+    the points of a call of another size than `rows` (the log-det's
+    global-minimum candidates), which belong to no row (-2, no owner)."""
+    n = tf.shape(x)[0]
+    rows = tf.cond(tf.equal(n, tf.size(self.rows)), lambda: self.rows,
+                   lambda: tf.fill([n], -2))
+    return tf.not_equal(rows[:, tf.newaxis], self.owners[tf.newaxis])
+
+  def ambient_derivatives(self, x: tf.Tensor, with_hessian: bool = True):
+    return self.wells.ambient_derivatives(x, with_hessian,
+                                          keep=self._keep(x))
+
+  def __call__(self, x: tf.Tensor) -> tf.Tensor:
+    return self.wells(x, keep=self._keep(x))
 
 
 def _embedding_constants(manifold: base.Manifold):
