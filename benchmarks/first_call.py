@@ -3,7 +3,10 @@ r"""First calls: a 3-layer IRCPM flow on S² against TFP's own MAF ×3.
 What a user meets before any steady state: the first
 `experimental_sample_and_log_prob`, the same call at a new batch size
 (retracing), the steady state, the first `log_prob`, and the first training
-step (reverse KL for the IRCPM, maximum likelihood for both). Each side runs
+step (reverse KL for the IRCPM, maximum likelihood for both), then the
+export as a SavedModel with `sample` and `log_prob` signatures
+(`tfp_ircpm.export.save` against `tf.saved_model.save` of the same two
+functions of the MAF). Each side runs
 in its own fresh Python process, so neither inherits the other's traced
 functions or autograph cache; the table gives each IRCPM figure as a ratio
 to the MAF's in the same run.
@@ -33,7 +36,7 @@ flags.DEFINE_enum('side', None, ['ircpm', 'maf'],
                   'Internal: measure one side in this process.')
 
 _ROWS = ('sample_and_log_prob_256', 'sample_and_log_prob_300',
-         'steady_256', 'log_prob_256', 'ml_step', 'reverse_kl_step')
+         'steady_256', 'log_prob_256', 'ml_step', 'reverse_kl_step', 'export')
 
 
 def _timed(fn) -> float:
@@ -93,7 +96,30 @@ def _measure(side: str) -> dict:
       y, log_q = q.experimental_sample_and_log_prob(256, seed=(5, 6))
       return tf.reduce_mean(log_q - target.unnormalized_log_prob(y))
     out['reverse_kl_step'] = _timed(step_fn(reverse_kl))
+  out['export'] = _export_seconds(side, q)
   return out
+
+
+def _export_seconds(side: str, q) -> float:
+  """Seconds to write q as a SavedModel with sample and log_prob."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  path = tempfile.mkdtemp()
+  start = time.perf_counter()
+  if side == 'ircpm':
+    import tfp_ircpm as ircpm  # pylint: disable=g-import-not-at-top
+    ircpm.export.save(q, path)
+  else:
+    module = tf.Module()
+    module.q = q
+    module.sample = tf.function(
+        lambda n: q.sample(n),
+        input_signature=[tf.TensorSpec([], tf.int32)])
+    module.log_prob = tf.function(
+        q.log_prob, input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+    tf.saved_model.save(module, path, signatures=dict(
+        sample=module.sample, log_prob=module.log_prob))
+  return time.perf_counter() - start
 
 
 def _run_side(side: str) -> dict:

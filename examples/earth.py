@@ -140,7 +140,35 @@ def summarize(output_dir: str) -> str:
       f'{sum(r["diffeomorphism"]["passed"] for r in runs[d])}/'
       f'{len(runs[d])}' if d in runs else '–' for d in order) + ' |')
   seeds = sorted({r['seed'] for rs in runs.values() for r in rs})
-  return '\n'.join(lines) + f'\n\nseeds {seeds}.'
+  return ('\n'.join(lines) + f'\n\nseeds {seeds}.\n\n'
+          + per_split(runs, order))
+
+
+def per_split(runs, order) -> str:
+  """Markdown: flow / mixture / KDE test NLL per seed, and the layers' gain
+  (the mixture's NLL minus the flow's) as mean (min–max)."""
+  mixture = {d: {r['seed']: r for r in runs.get(d, [])
+                 if r.get('base') == 'vmf_mixture'} for d in order}
+  seeds = sorted({s for rs in mixture.values() for s in rs})
+  lines = ['| seed | ' + ' | '.join(
+      f'{d.capitalize()} flow / mixture / KDE' for d in order) + ' |',
+           '|---' * (len(order) + 1) + '|']
+  for s in seeds:
+    cells = []
+    for d in order:
+      r = mixture[d].get(s)
+      cells.append('–' if r is None else
+                   f'{r["test_nll"]:.2f} / {r["base_test_nll"]:.2f} / '
+                   f'{r["kde"]["test_nll"]:.2f}')
+    lines.append(f'| {s} | ' + ' | '.join(cells) + ' |')
+  gains = []
+  for d in order:
+    g = [r['base_test_nll'] - r['test_nll'] for r in mixture[d].values()]
+    gains.append(f'{np.mean(g):.2f} ({min(g):.2f}–{max(g):.2f})' if g
+                 else '–')
+  lines.append("| layers' gain, mean (min–max) | " + ' | '.join(gains)
+               + ' |')
+  return '\n'.join(lines)
 
 
 def main(_):

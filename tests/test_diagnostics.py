@@ -75,3 +75,44 @@ def test_collapsed_sphere_map_fails():
 def test_rejects_other_bijectors():
   with pytest.raises(TypeError, match='IRCPM'):
     diagnostics.check_diffeomorphism(tfb.Exp())
+
+
+@pytest.mark.parametrize('share', [0.55, 0.62])
+def test_search_finds_a_fold_narrower_than_the_samples(share):
+  # Two wells of κ = 10⁴ at ±√(3/κ) from p: their concave skirts add up at
+  # p along the axis between them. By symmetry p is a critical point of
+  # det J_{f⁻¹}, its minimum; at share 0.62 det(p) < 0 on a patch of
+  # ~0.003 rad that 2000 uniform points and the skirt rings both miss.
+  from tfp_ircpm import density, potentials
+  m = ircpm.manifolds.Sphere(2)
+  kappa = 1e4
+  rho = np.sqrt(3. / kappa)
+  centres = np.array([[np.sin(rho), 0., np.cos(rho)],
+                      [-np.sin(rho), 0., np.cos(rho)]])
+  psi = potentials.Wells(m, centres, concentration=kappa, curvature=share,
+                         bound='well', min_concentration=10.,
+                         dtype=tf.float64)
+  q = ircpm.make_flow(m, 1, potential=[psi], dtype=tf.float64)
+  link = ircpm.flows.bijector_layers(q.bijector)[0]
+  p = tf.constant([[0., 0., 1.]], tf.float64)
+  det_p = float(link.inverse_jacobian_determinant(p)[0])
+  rings = density.skirt_points([psi], 16, (1, 2))
+  ring_min = float(tf.reduce_min(link.inverse_jacobian_determinant(rings)))
+  assert ring_min > max(det_p + 0.03, 0.)  # the samples alone miss it
+
+  det, y = diagnostics.search_min_det(link, rings, steps=30)
+  best = int(tf.argmin(det))
+  np.testing.assert_allclose(float(det[best]), det_p, atol=1e-9)
+  assert float(m.dist(y[best:best + 1], p)[0]) < 1e-4
+  assert np.all(det.numpy() <= link.inverse_jacobian_determinant(
+      rings).numpy() + 1e-12)             # only decreases are accepted
+
+  plain = diagnostics.check_diffeomorphism(q.bijector, num_points=2000,
+                                           points=rings, seed=0)
+  searched = diagnostics.check_diffeomorphism(
+      q.bijector, num_points=2000, points=rings, search_steps=30, seed=0)
+  assert plain.passed and plain.min_det_search is None
+  np.testing.assert_allclose(searched.min_det_search, det_p, atol=1e-9)
+  assert searched.passed == (det_p > 0.)
+  assert ('searched' in searched.summary()) and (
+      ('FAILED' in searched.summary()) == (det_p < 0.))

@@ -41,7 +41,9 @@ barrier of `training.fit_nll` evaluated where folds would happen: on uniform
 points and on rings around the training batch at each layer's skirt radius
 √(3/κ_l). The best few eligible checkpoints (det J_{f⁻¹} > 0 on uniform
 and validation points) are kept, and the best one that passes
-`diagnostics.check_diffeomorphism` is returned; if none passes, the report
+`diagnostics.check_diffeomorphism` is returned (uniform points, the train
+and validation points, points on every well's skirt, and a descent of
+det J_{f⁻¹} from the lowest of them); if none passes, the report
 says so (`report.diffeomorphism.passed` is False) and the best is returned.
 
 Command line:
@@ -164,9 +166,10 @@ def well_owners(train_points: np.ndarray, wells: potentials.Wells,
   return np.asarray([r[0] if len(r) == 1 else -1 for r in owners], np.int32)
 
 
-def _rings(manifold: base_lib.Manifold, x: tf.Tensor, radius: float,
+def _rings(manifold: base_lib.Manifold, x: tf.Tensor, radius,
            seed) -> tf.Tensor:
-  """exp_x(v) for random tangent v with |v| ∈ radius·[0.3, 2]."""
+  """exp_x(v) for random tangent v with |v| ∈ radius·[0.3, 2] (radius a
+  scalar or [N, 1])."""
   s1, s2 = tfp.random.split_seed(seed)
   v = manifold.proju(x, tf.random.stateless_normal(tf.shape(x), s1,
                                                    dtype=x.dtype))
@@ -174,6 +177,20 @@ def _rings(manifold: base_lib.Manifold, x: tf.Tensor, radius: float,
   length = radius * tf.random.stateless_uniform(
       tf.concat([tf.shape(x)[:1], [1]], 0), s2, 0.3, 2., dtype=x.dtype)
   return manifold.expmap(x, v / tf.maximum(norm, 1e-12) * length)
+
+
+def skirt_points(psis: Sequence[potentials.Wells], per_well: int,
+                 seed) -> tf.Tensor:
+  """[Σ_l M_l · per_well, ambient_dim]: random points around every well of
+  every layer at r ∈ [0.3, 2]·√(3/κ_i), its concave skirt, where the
+  wells' skirts can add up to a fold (`potentials.Wells`)."""
+  seeds = tfp.random.split_seed(seed, n=len(psis))
+  out = []
+  for psi, s in zip(psis, seeds):
+    c = tf.repeat(psi.centres(), per_well, axis=0)
+    k = tf.repeat(psi.concentrations(), per_well)
+    out.append(_rings(psi.manifold, c, tf.sqrt(3. / k)[:, tf.newaxis], s))
+  return tf.concat(out, 0)
 
 
 def fit(train_points, validation_points, manifold: base_lib.Manifold,
@@ -185,7 +202,8 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
         eval_every: int = 50, patience: int = 6,
         fold_penalty: float = 1e4, fold_margin: float = 0.2,
         penalty_points: int = 512, validity_points: int = 5000,
-        check_points: int = 20000, keep: int = 3,
+        check_points: int = 20000, check_skirt_points: int = 8,
+        check_search_steps: int = 30, keep: int = 3,
         base: str = 'auto', base_components: int = 100,
         base_steps: int = 1500,
         leave_one_out: bool = True,
@@ -215,6 +233,12 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
       validation check (a checkpoint with det J_{f⁻¹} <= 0 there is
       never selected).
     check_points: uniform points of the final `check_diffeomorphism`.
+    check_skirt_points: points per well on its concave skirt
+      (`skirt_points`) added to the final check's train and validation
+      points: a skirt overlap that folds the map covers far less than the
+      spacing of uniform points at κ = 10⁵.
+    check_search_steps: steps of the final check's descent of det J_{f⁻¹}
+      from its lowest points (`diagnostics.search_min_det`).
     keep: eligible checkpoints kept for the final check (the best that
       passes is returned).
     base: 'auto' ('vmf_mixture' on Sⁿ, 'uniform' on Tⁿ), 'uniform', or
@@ -260,6 +284,8 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
                 patience=patience, fold_penalty=fold_penalty,
                 fold_margin=fold_margin, penalty_points=penalty_points,
                 validity_points=validity_points, check_points=check_points,
+                check_skirt_points=int(check_skirt_points),
+                check_search_steps=int(check_search_steps),
                 leave_one_out=bool(leave_one_out),
                 time_budget_s=time_budget_s, seed=seed,
                 dtype=tf.as_dtype(dtype).name)
@@ -374,9 +400,13 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
   rejected = []
   for rank in range(len(monitor.candidates)):
     selected = monitor.restore_candidate(rank)
+    points = tf.constant(np.concatenate([train_np, val_np]))
+    if check_skirt_points:
+      points = tf.concat([points, tf.cast(skirt_points(
+          psis, int(check_skirt_points), (seed, rank)), points.dtype)], 0)
     report = diagnostics.check_diffeomorphism(
-        q.bijector, num_points=check_points,
-        points=tf.constant(np.concatenate([train_np, val_np])), seed=seed)
+        q.bijector, num_points=check_points, points=points,
+        search_steps=int(check_search_steps), seed=seed)
     if report.passed:
       break
     rejected.append(selected)
