@@ -235,6 +235,37 @@ def test_ircpm_flow_shares_or_separates_parameters():
     training.ircpm_flow(sphere, 0)
 
 
+def test_summarize_tables_means_per_split_results_and_gains(tmp_path):
+  def record(dataset, seed, flow, mixture, kde):
+    return dict(dataset=dataset, seed=seed, base='vmf_mixture',
+                config=dict(base_components=100), test_nll=flow,
+                test_nll_deduplicated=flow + 1., base_test_nll=mixture,
+                base_test_nll_deduplicated=mixture + 1.,
+                num_test_deduplicated=7, train_seconds=600.,
+                kde=dict(test_nll=kde, test_nll_deduplicated=kde + 1.),
+                diffeomorphism=dict(passed=True))
+  for r in (record('flood', 0, 0.4, 0.8, 0.6),
+            record('flood', 1, 0.6, 0.9, 0.7)):
+    (tmp_path / f'flood_vmf_mixture_seed{r["seed"]}.json').write_text(
+        json.dumps(r))
+  table = subprocess.run(
+      [sys.executable, str(ROOT / 'examples' / 'earth.py'), '--summarize',
+       f'--output_dir={tmp_path}'], capture_output=True, text=True,
+      env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=600,
+      check=True).stdout
+  flood = lambda line: line.split('|')[4].strip()
+  rows = {line.split('|')[1].strip(): line for line in table.splitlines()
+          if line.startswith('|')}
+  assert flood(rows['**IRCPM: `density.fit`, wells stack on the fitted '
+                    'mixture**']) == '0.50 ± 0.10 (n=2)'
+  assert flood(rows['100-component vMF mixture alone (the base, fitted)']
+               ) == '0.85 ± 0.05 (n=2)'
+  assert flood(rows['0']) == '0.40 / 0.80 / 0.60'
+  assert flood(rows['1']) == '0.60 / 0.90 / 0.70'
+  assert flood(rows["layers' gain, mean (min–max)"]) == '0.35 (0.30–0.40)'
+  assert flood(rows['check_diffeomorphism passed (all models)']) == '2/2'
+
+
 @pytest.mark.slow    # the example's pieces are tested above
 def test_earth_example_end_to_end_on_a_synthetic_file(tmp_path):
   rng = np.random.default_rng(0)

@@ -111,6 +111,7 @@ def check_diffeomorphism(bijector,
   reports = [] if bound_points else None
   if points is not None:
     points = tf.cast(points, dtype)
+    points = tf.reshape(points, [-1, points.shape[-1]])
   for k, link in enumerate(links):
     m = link.manifold
     lowest = _Lowest(int(search_starts) if search_steps else 0)
