@@ -203,7 +203,8 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
         fold_penalty: float = 1e4, fold_margin: float = 0.2,
         penalty_points: int = 512, validity_points: int = 5000,
         check_points: int = 20000, check_skirt_points: int = 8,
-        check_search_steps: int = 30, keep: int = 3,
+        check_search_steps: int = 30, fold_search_points: int = 16,
+        fold_search_steps: int = 10, keep: int = 3,
         base: str = 'auto', base_components: int = 100,
         base_steps: int = 1500,
         leave_one_out: bool = True,
@@ -239,6 +240,11 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
       spacing of uniform points at κ = 10⁵.
     check_search_steps: steps of the final check's descent of det J_{f⁻¹}
       from its lowest points (`diagnostics.search_min_det`).
+    fold_search_points, fold_search_steps: at every evaluation, per layer,
+      a descent of det J_{f⁻¹} (that many steps) from the lowest of two
+      skirt points per well; the `fold_search_points` lowest points it
+      reaches join the fold barrier's points until the next evaluation,
+      and a det <= 0 among them makes the checkpoint ineligible (0: off).
     keep: eligible checkpoints kept for the final check (the best that
       passes is returned).
     base: 'auto' ('vmf_mixture' on Sⁿ, 'uniform' on Tⁿ), 'uniform', or
@@ -286,6 +292,8 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
                 validity_points=validity_points, check_points=check_points,
                 check_skirt_points=int(check_skirt_points),
                 check_search_steps=int(check_search_steps),
+                fold_search_points=int(fold_search_points),
+                fold_search_steps=int(fold_search_steps),
                 leave_one_out=bool(leave_one_out),
                 time_budget_s=time_budget_s, seed=seed,
                 dtype=tf.as_dtype(dtype).name)
@@ -336,6 +344,29 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
   links = flows.distinct(flows.bijector_layers(q.bijector))
   num_uniform = int(penalty_points) // 2
   num_ring = max(1, int(penalty_points) // (2 * len(radii)))
+  # Where a descent of det last found each layer's lowest points: a fold on
+  # a skirt overlap can be far narrower than the rings' sampling, and the
+  # barrier only acts where it is evaluated.
+  num_hard = int(fold_search_points)
+  hard = tf.Variable(tf.gather(train_t, np.arange(
+      max(1, num_hard * len(links))) % n), trainable=False, name='fold_hunt')
+
+  def fold_probe(step: int) -> float:
+    worst, found = float('inf'), []
+    for l, link in enumerate(links):
+      wells = link.potential
+      per_well = max(2, -(-num_hard // wells.num_wells))
+      starts = tf.cast(skirt_points([wells], per_well,
+                                    (seed, 7919 * (step + 1) + l)),
+                       train_t.dtype)
+      det = link.inverse_jacobian_determinant(starts)
+      lowest = tf.gather(starts, tf.math.top_k(-det, k=num_hard).indices)
+      det, points = diagnostics.search_min_det(link, lowest,
+                                               int(fold_search_steps))
+      worst = min(worst, float(tf.reduce_min(det)))
+      found.append(points)
+    hard.assign(tf.concat(found, 0))
+    return worst
 
   def loss_fn(s):
     s_batch, s_uniform, s_rings = tfp.random.split_seed(s, n=3)
@@ -356,7 +387,7 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
         [manifold.uniform(dtype).sample(num_uniform, seed=s_uniform),
          x[:num_ring]] +
         [_rings(manifold, x[:num_ring], r, ring_seeds[l])
-         for l, r in enumerate(radii)], 0)
+         for l, r in enumerate(radii)] + ([hard] if num_hard else []), 0)
     for link in links:
       det = link.inverse_jacobian_determinant(y)
       loss += fold_penalty * tf.reduce_mean(
@@ -369,6 +400,8 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
                                        patience=patience, stop_on_fold=False,
                                        validity_points=validity_points,
                                        keep=keep,
+                                       fold_probe=(fold_probe if num_hard
+                                                   and fold_penalty else None),
                                        variables=list(
                                            q.bijector.trainable_variables))
   monitor.consider_initial()

@@ -261,6 +261,9 @@ class ValidationMonitor:
   barrier in the loss may undo it), and counts towards the patience.
   `keep` > 1 also keeps the runners-up (`candidates`, `restore_candidate`),
   for a caller whose final, more thorough check may reject the best.
+  `fold_probe(step)`, if given, returns a further min det J_{f⁻¹} (e.g. a
+  search where folds are likely, `diagnostics.search_min_det`) that joins
+  the eligibility test.
   `restore_best()` puts the best eligible variables back.
 
   Attributes:
@@ -272,8 +275,10 @@ class ValidationMonitor:
                patience: int = 10, validity_points: int = 4096,
                batch_size: int = 4096,
                variables: Optional[List[tf.Variable]] = None,
-               stop_on_fold: bool = True, keep: int = 1):
+               stop_on_fold: bool = True, keep: int = 1,
+               fold_probe: Optional[Callable[[int], float]] = None):
     self.q = q
+    self.fold_probe = fold_probe
     self.validation = tf.convert_to_tensor(validation, q.dtype)
     self.every = int(every)
     self.patience = int(patience)
@@ -300,6 +305,9 @@ class ValidationMonitor:
       record['min_det'] = min_inverse_det(
           self.q.bijector, self.validity_points, self.validation,
           dtype=self.q.dtype, seed=step)
+    if self.fold_probe is not None:
+      record['min_det'] = min(record.get('min_det', float('inf')),
+                              float(self.fold_probe(step)))
     return record
 
   def consider_initial(self) -> None:
