@@ -359,10 +359,8 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
       starts = tf.cast(skirt_points([wells], per_well,
                                     (seed, 7919 * (step + 1) + l)),
                        train_t.dtype)
-      det = link.inverse_jacobian_determinant(starts)
-      lowest = tf.gather(starts, tf.math.top_k(-det, k=num_hard).indices)
-      det, points = diagnostics.search_min_det(link, lowest,
-                                               int(fold_search_steps))
+      det, points = diagnostics.search_min_det(
+          link, starts, int(fold_search_steps), keep=num_hard)
       worst = min(worst, float(tf.reduce_min(det)))
       found.append(points)
     hard.assign(tf.concat(found, 0))

@@ -21,7 +21,9 @@ it has seen, it descends det J_{f⁻¹} (`search_min_det`), which finds the
 local minimum of each basin it starts in rather than the value at a sample.
 """
 
+import functools
 from typing import List, NamedTuple, Optional
+import weakref
 
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -172,7 +174,8 @@ class _Lowest:
 
 
 def search_min_det(link, starts: tf.Tensor, steps: int = 30,
-                   initial_step: float = 1e-2, max_step: float = 0.1):
+                   initial_step: float = 1e-2, max_step: float = 0.1,
+                   keep: Optional[int] = None):
   """Local minima of det J_{f⁻¹} of one IRCPM, by descent from `starts`.
 
   Riemannian descent along −grad det / ‖grad det‖ with a step length per
@@ -183,20 +186,49 @@ def search_min_det(link, starts: tf.Tensor, steps: int = 30,
   around it, where det already dips. Only decreases are accepted, so the
   result is at most the starts' det.
 
+  The descent runs as one traced `tf.while_loop` per link (traced once per
+  dtype, any number of starts or steps): eagerly, each step's nested tapes
+  cost about as much as tracing them, and training calls this at every
+  evaluation.
+
   Args:
     link: an `IRCPM`.
     starts: [K, ambient_dim] points of its manifold.
     steps: descent steps (each one det evaluation and one gradient).
     initial_step, max_step: step lengths (radians of geodesic distance).
+    keep: if given, descend from only the `keep` starts of lowest det.
 
   Returns:
-    (det [K], points [K, ambient_dim]): the lowest det each start reached
-    and where.
+    (det [K], points [K, ambient_dim]): the lowest det each start (or each
+    kept start) reached and where.
   """
-  m = link.manifold
   y = tf.convert_to_tensor(starts)
-  length = tf.fill(tf.shape(y)[:1], tf.constant(initial_step, y.dtype))
-  for _ in range(int(steps)):
+  search = _SEARCHES.get(link)
+  if search is None:
+    search = tf.function(functools.partial(_descend_det, link),
+                         reduce_retracing=True)
+    _SEARCHES[link] = search
+  keep = -1 if keep is None else min(int(keep), int(y.shape[0]))
+  return search(y, tf.constant(int(steps)),
+                tf.constant(initial_step, y.dtype),
+                tf.constant(max_step, y.dtype), tf.constant(keep))
+
+
+# One traced search per link, dropped with the link.
+_SEARCHES = weakref.WeakKeyDictionary()
+
+
+def _descend_det(link, y, steps, initial_step, max_step, keep):
+  """`search_min_det`'s loop; see there."""
+  m = link.manifold
+  if keep >= 0:
+    det = link.inverse_jacobian_determinant(y)
+    y = tf.gather(y, tf.math.top_k(-det, k=keep).indices)
+  length = tf.fill(tf.shape(y)[:1], initial_step)
+  for _ in tf.range(steps):
+    tf.autograph.experimental.set_loop_options(
+        shape_invariants=[(y, tf.TensorShape([None, y.shape[-1]])),
+                          (length, tf.TensorShape([None]))])
     with tf.GradientTape() as tape:
       tape.watch(y)
       det = link.inverse_jacobian_determinant(y)
