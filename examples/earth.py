@@ -139,6 +139,17 @@ def summarize(output_dir: str) -> str:
   lines.append('| check_diffeomorphism passed (all models) | ' + ' | '.join(
       f'{sum(r["diffeomorphism"]["passed"] for r in runs[d])}/'
       f'{len(runs[d])}' if d in runs else '–' for d in order) + ' |')
+  # Which check passed matters: the search finds folds that sampling
+  # misses, and the fold hunt changes the training.
+  lines.append('| of which checked with the skirt points and search | '
+               + ' | '.join(
+                   str(sum(r['diffeomorphism'].get('min_det_search')
+                           is not None for r in runs[d]))
+                   if d in runs else '–' for d in order) + ' |')
+  lines.append('| models trained with the fold hunt | ' + ' | '.join(
+      str(sum(r['config'].get('fold_search_points', 0) > 0
+              for r in runs[d])) if d in runs else '–' for d in order)
+               + ' |')
   seeds = sorted({r['seed'] for rs in runs.values() for r in rs})
   return ('\n'.join(lines) + f'\n\nseeds {seeds}.\n\n'
           + per_split(runs, order))

@@ -236,16 +236,19 @@ def test_ircpm_flow_shares_or_separates_parameters():
 
 
 def test_summarize_tables_means_per_split_results_and_gains(tmp_path):
-  def record(dataset, seed, flow, mixture, kde):
+  def record(dataset, seed, flow, mixture, kde, hunted=False):
     return dict(dataset=dataset, seed=seed, base='vmf_mixture',
-                config=dict(base_components=100), test_nll=flow,
+                config=dict(base_components=100,
+                            fold_search_points=16 if hunted else 0),
+                test_nll=flow,
                 test_nll_deduplicated=flow + 1., base_test_nll=mixture,
                 base_test_nll_deduplicated=mixture + 1.,
                 num_test_deduplicated=7, train_seconds=600.,
                 kde=dict(test_nll=kde, test_nll_deduplicated=kde + 1.),
-                diffeomorphism=dict(passed=True))
+                diffeomorphism=dict(passed=True, min_det_search=(
+                    0.1 if hunted else None)))
   for r in (record('flood', 0, 0.4, 0.8, 0.6),
-            record('flood', 1, 0.6, 0.9, 0.7)):
+            record('flood', 1, 0.6, 0.9, 0.7, hunted=True)):
     (tmp_path / f'flood_vmf_mixture_seed{r["seed"]}.json').write_text(
         json.dumps(r))
   table = subprocess.run(
@@ -264,6 +267,9 @@ def test_summarize_tables_means_per_split_results_and_gains(tmp_path):
   assert flood(rows['1']) == '0.60 / 0.90 / 0.70'
   assert flood(rows["layers' gain, mean (min–max)"]) == '0.35 (0.30–0.40)'
   assert flood(rows['check_diffeomorphism passed (all models)']) == '2/2'
+  assert flood(rows['of which checked with the skirt points and search']) == (
+      '1')
+  assert flood(rows['models trained with the fold hunt']) == '1'
 
 
 @pytest.mark.slow    # the example's pieces are tested above
