@@ -216,6 +216,13 @@ def test_validation_monitor_keeps_the_runners_up():
   training.train(lambda s: ircpm.losses.nll_loss(base, train_pts),
                  monitor.variables, 30, learning_rate=5e-2, log_every=0,
                  callback=monitor)
+  # A last check at an evaluation step (density.fit's time budget) is the
+  # same checkpoint: it must not take a second candidate place.
+  monitor.check(30, None)
+  monitor.check(30, None)
+  steps = [h['step'] for h in monitor.history]
+  assert steps == sorted(set(steps))
+  assert len({c[1] for c in monitor.candidates}) == 3
   nlls = [c[0] for c in monitor.candidates]
   assert nlls == sorted(h['validation_nll'] for h in monitor.history)[:3]
   for rank, nll in enumerate(nlls):
@@ -236,8 +243,10 @@ def test_ircpm_flow_shares_or_separates_parameters():
 
 
 def test_summarize_tables_means_per_split_results_and_gains(tmp_path):
-  def record(dataset, seed, flow, mixture, kde, hunted=False):
+  def record(dataset, seed, flow, mixture, kde, hunted=False, ok=True,
+             rejected=()):
     return dict(dataset=dataset, seed=seed, base='vmf_mixture',
+                best_step=500, rejected_by_check=list(rejected),
                 config=dict(base_components=100,
                             fold_search_points=16 if hunted else 0),
                 test_nll=flow,
@@ -245,10 +254,14 @@ def test_summarize_tables_means_per_split_results_and_gains(tmp_path):
                 base_test_nll_deduplicated=mixture + 1.,
                 num_test_deduplicated=7, train_seconds=600.,
                 kde=dict(test_nll=kde, test_nll_deduplicated=kde + 1.),
-                diffeomorphism=dict(passed=True, min_det_search=(
+                diffeomorphism=dict(passed=ok, min_det_search=(
                     0.1 if hunted else None)))
+  # Seed 2 failed the check; seed 3's returned step is one the check
+  # rejected (a duplicate checkpoint passed on other points): both folds.
   for r in (record('flood', 0, 0.4, 0.8, 0.6),
-            record('flood', 1, 0.6, 0.9, 0.7, hunted=True)):
+            record('flood', 1, 0.6, 0.9, 0.7, hunted=True),
+            record('flood', 2, 0.2, 0.85, 0.6, hunted=True, ok=False),
+            record('flood', 3, 0.2, 0.85, 0.6, hunted=True, rejected=[500])):
     (tmp_path / f'flood_vmf_mixture_seed{r["seed"]}.json').write_text(
         json.dumps(r))
   table = subprocess.run(
@@ -260,16 +273,20 @@ def test_summarize_tables_means_per_split_results_and_gains(tmp_path):
   rows = {line.split('|')[1].strip(): line for line in table.splitlines()
           if line.startswith('|')}
   assert flood(rows['**IRCPM: `density.fit`, wells stack on the fitted '
-                    'mixture**']) == '0.50 ± 0.10 (n=2)'
+                    'mixture**']) == '0.35 ± 0.17 (n=4)'
+  assert flood(rows['IRCPM on the mixture, only the models that pass '
+                    'check_diffeomorphism']) == '0.50 ± 0.10 (n=2)'
   assert flood(rows['100-component vMF mixture alone (the base, fitted)']
-               ) == '0.85 ± 0.05 (n=2)'
+               ) == '0.85 ± 0.04 (n=4)'
   assert flood(rows['0']) == '0.40 / 0.80 / 0.60'
   assert flood(rows['1']) == '0.60 / 0.90 / 0.70'
-  assert flood(rows["layers' gain, mean (min–max)"]) == '0.35 (0.30–0.40)'
-  assert flood(rows['check_diffeomorphism passed (all models)']) == '2/2'
+  assert flood(rows['2']) == '0.20 (fold) / 0.85 / 0.60'
+  assert flood(rows['3']) == '0.20 (fold) / 0.85 / 0.60'
+  assert flood(rows["layers' gain, mean (min–max)"]) == '0.50 (0.30–0.65)'
+  assert flood(rows['check_diffeomorphism passed (all models)']) == '2/4'
   assert flood(rows['of which checked with the skirt points and search']) == (
-      '1')
-  assert flood(rows['models trained with the fold hunt']) == '1'
+      '3')
+  assert flood(rows['models trained with the fold hunt']) == '3'
 
 
 @pytest.mark.slow    # the example's pieces are tested above

@@ -286,6 +286,7 @@ class ValidationMonitor:
     self.batch_size = int(batch_size)
     self.variables = list(variables or q.trainable_variables)
     self.history = []
+    self._last_decision = False
     self.best_step = None
     self.best_validation = float('inf')
     self._best_values = None
@@ -352,7 +353,19 @@ class ValidationMonitor:
     return self.check(step, loss)
 
   def check(self, step: int, loss: float) -> bool:
-    """Evaluates now; True when training should stop."""
+    """Evaluates now; True when training should stop.
+
+    A step evaluated already (a caller's last check landing on an
+    evaluation step) is not evaluated again: its weights would take two of
+    the `keep` candidate places, and a final check that rejected the first
+    copy could pass the second with other random check points.
+    """
+    if self.history and self.history[-1]['step'] == step:
+      return self._last_decision
+    self._last_decision = self._check(step, loss)
+    return self._last_decision
+
+  def _check(self, step: int, loss: float) -> bool:
     record = self.evaluate(step, loss)
     self.history.append(record)
     if record.get('min_det', 1.) <= 0.:
