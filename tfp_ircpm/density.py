@@ -422,7 +422,7 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
       log_every=100 if verbose else 0, jit_compile=jit_compile,
       callback=callback)
   last = len(losses_run) - 1
-  if stopped['by'] == 'steps' and monitor.history[-1]['step'] != last:
+  if stopped['by'] == 'steps':   # the monitor skips a step it evaluated
     monitor.check(last, losses_run[-1])
   seconds = time.time() - start
   # The final check is more thorough than the monitor's (forward solves,
