@@ -18,6 +18,7 @@ test points whose coordinates do not occur in the training split, runs
   python examples/earth.py --summarize --output_dir=results/earth
 """
 
+import collections
 import json
 import os
 
@@ -166,6 +167,14 @@ def summarize(output_dir: str) -> str:
       str(sum(r['config'].get('fold_search_points', 0) > 0
               for r in runs[d])) if d in runs else '–' for d in order)
                + ' |')
+
+  def hunts(rs):
+    sizes = collections.Counter(
+        (r['config'].get('fold_search_points', 0),
+         r['config'].get('fold_search_steps', 0)) for r in rs)
+    return ', '.join(f'{p}×{s}: {n}' for (p, s), n in sorted(sizes.items()))
+  lines.append('| fold hunt points × steps: models | ' + ' | '.join(
+      hunts(runs[d]) if d in runs else '–' for d in order) + ' |')
   seeds = sorted({r['seed'] for rs in runs.values() for r in rs})
   return ('\n'.join(lines) + f'\n\nseeds {seeds}.\n\n'
           + per_split(runs, order))

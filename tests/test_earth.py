@@ -248,7 +248,8 @@ def test_summarize_tables_means_per_split_results_and_gains(tmp_path):
     return dict(dataset=dataset, seed=seed, base='vmf_mixture',
                 best_step=500, rejected_by_check=list(rejected),
                 config=dict(base_components=100,
-                            fold_search_points=16 if hunted else 0),
+                            fold_search_points=16 if hunted else 0,
+                            fold_search_steps=10 if hunted else 0),
                 test_nll=flow,
                 test_nll_deduplicated=flow + 1., base_test_nll=mixture,
                 base_test_nll_deduplicated=mixture + 1.,
@@ -287,6 +288,8 @@ def test_summarize_tables_means_per_split_results_and_gains(tmp_path):
   assert flood(rows['of which checked with the skirt points and search']) == (
       '3')
   assert flood(rows['models trained with the fold hunt']) == '3'
+  assert flood(rows['fold hunt points × steps: models']) == (
+      '0×0: 1, 16×10: 3')
 
 
 @pytest.mark.slow    # the example's pieces are tested above
