@@ -232,6 +232,31 @@ def test_validation_monitor_keeps_the_runners_up():
                                                                 rel=1e-6)
 
 
+def test_folded_checks_count_for_patience_only_without_progress():
+  """A check that folds is never selected; it stops a run only when its
+  validation NLL is no better than every earlier check's."""
+  val_pts = _vmf_data(100, 9)
+  base = ircpm.distributions.vmf_mixture(val_pts[:10], 2.)
+  monitor = training.ValidationMonitor(base, val_pts, every=1, patience=2,
+                                       validity_points=0, stop_on_fold=False)
+  monitor.consider_initial()
+  start = monitor.best_validation
+
+  def check(step, nll):
+    # The checks' outcome, set: validation NLL and a fold (det < 0).
+    monitor.evaluate = lambda s, l: dict(step=s, train_loss=l,
+                                         validation_nll=nll, min_det=-0.1)
+    return monitor.check(step, 0.)
+
+  # Folded checks whose validation NLL keeps improving: no stop.
+  assert [check(s, start - 1. - s) for s in range(5)] == [False] * 5
+  # Folded checks without progress: the second one stops (patience 2).
+  assert [check(5, start - 4.5), check(6, start - 4.9)] == [False, True]
+  # None of the folded checks was ever a candidate.
+  assert monitor.best_step == -1 and monitor.best_validation == start
+  assert [c[1] for c in monitor.candidates] == [-1]
+
+
 def test_ircpm_flow_shares_or_separates_parameters():
   sphere = M.Sphere(2)
   shared = training.ircpm_flow(sphere, 3, (8, 8), shared=True)

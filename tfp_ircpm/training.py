@@ -258,7 +258,13 @@ class ValidationMonitor:
   likelihood is meaningless); a fold stops training. Training also stops
   after `patience` evaluations without a better eligible validation NLL.
   With `stop_on_fold=False` a folded check is only ineligible (a fold
-  barrier in the loss may undo it), and counts towards the patience.
+  barrier in the loss may undo it); it counts towards the patience unless
+  its validation NLL is the best seen at any check. Early stopping asks
+  whether training still learns, and a run whose checks keep folding while
+  validation keeps improving is still learning: counting those checks
+  stopped a Volcano fit at step 551 of 2 000, its eligible best at step
+  150, while validation had improved at every check. Such a run ends on
+  its step or time budget instead, with its eligible best.
   `keep` > 1 also keeps the runners-up (`candidates`, `restore_candidate`),
   for a caller whose final, more thorough check may reject the best.
   `fold_probe(step)`, if given, returns a further min det J_{f⁻¹} (e.g. a
@@ -291,6 +297,7 @@ class ValidationMonitor:
     self.best_validation = float('inf')
     self._best_values = None
     self._since_best = 0
+    self._best_seen = float('inf')   # at any check, eligible or not
     self.folded = False
     self.stop_on_fold = bool(stop_on_fold)
     self.keep = max(1, int(keep))
@@ -320,6 +327,7 @@ class ValidationMonitor:
     """
     record = self.evaluate(-1, None)
     self.history.append(record)
+    self._best_seen = min(self._best_seen, record['validation_nll'])
     if record.get('min_det', 1.) > 0.:
       self._take_best(-1, record)
       self._consider_candidate(-1, record)
@@ -368,6 +376,8 @@ class ValidationMonitor:
   def _check(self, step: int, loss: float) -> bool:
     record = self.evaluate(step, loss)
     self.history.append(record)
+    learning = record['validation_nll'] < self._best_seen
+    self._best_seen = min(self._best_seen, record['validation_nll'])
     if record.get('min_det', 1.) <= 0.:
       self.folded = True
       print(f'step {step}: f⁻¹ folds (min det {record["min_det"]:.3g}); '
@@ -375,7 +385,7 @@ class ValidationMonitor:
             flush=True)
       if self.stop_on_fold:
         return True
-      self._since_best += 1
+      self._since_best = 0 if learning else self._since_best + 1
       return self._since_best >= self.patience
     if record['validation_nll'] < self.best_validation:
       self._take_best(step, record)
