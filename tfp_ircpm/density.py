@@ -247,8 +247,9 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
       and a det <= 0 among them makes the checkpoint ineligible (0: off).
       On Fire (1 000 wells a layer on dense clusters) the hunt with 16
       points and 10 steps left folds that the final check found in all
-      three kept checkpoints of 4 of 5 seeds; 64 and 20 cost about a
-      quarter of the steps in a time budget.
+      three kept checkpoints of 4 of 5 seeds, and 64 and 20 left none;
+      on 1 000-well layers they cost a quarter to a third of the steps in
+      a time budget.
     keep: eligible checkpoints kept for the final check (the best that
       passes is returned).
     base: 'auto' ('vmf_mixture' on Sⁿ, 'uniform' on Tⁿ), 'uniform', or

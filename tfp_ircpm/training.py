@@ -256,7 +256,8 @@ class ValidationMonitor:
   many uniform points plus the validation points. A checkpoint is eligible
   only while det J_{f⁻¹} > 0 (otherwise f⁻¹ folds, ∫q > 1, and its
   likelihood is meaningless); a fold stops training. Training also stops
-  after `patience` evaluations without a better eligible validation NLL.
+  after `patience` evaluations without a better eligible validation NLL
+  (for folded checks, see below).
   With `stop_on_fold=False` a folded check is only ineligible (a fold
   barrier in the loss may undo it); it counts towards the patience unless
   its validation NLL is the best seen at any check. Early stopping asks
