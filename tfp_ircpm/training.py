@@ -298,7 +298,6 @@ class ValidationMonitor:
     self.best_validation = float('inf')
     self._best_values = None
     self._since_best = 0
-    self._best_seen = float('inf')   # at any check, eligible or not
     self.folded = False
     self.stop_on_fold = bool(stop_on_fold)
     self.keep = max(1, int(keep))
@@ -328,7 +327,6 @@ class ValidationMonitor:
     """
     record = self.evaluate(-1, None)
     self.history.append(record)
-    self._best_seen = min(self._best_seen, record['validation_nll'])
     if record.get('min_det', 1.) > 0.:
       self._take_best(-1, record)
       self._consider_candidate(-1, record)
@@ -376,9 +374,10 @@ class ValidationMonitor:
 
   def _check(self, step: int, loss: float) -> bool:
     record = self.evaluate(step, loss)
+    # Better than every earlier check, eligible or not.
+    learning = record['validation_nll'] < min(
+        (h['validation_nll'] for h in self.history), default=float('inf'))
     self.history.append(record)
-    learning = record['validation_nll'] < self._best_seen
-    self._best_seen = min(self._best_seen, record['validation_nll'])
     if record.get('min_det', 1.) <= 0.:
       self.folded = True
       print(f'step {step}: f⁻¹ folds (min det {record["min_det"]:.3g}); '
