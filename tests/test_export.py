@@ -37,6 +37,9 @@ sys.meta_path.insert(0, Block())
 import tensorflow as tf
 
 job = json.loads(sys.argv[1])
+SEPARATOR = '--- the differentiable export ---'
+sample_loss = lambda points, log_prob: (tf.reduce_sum(points[:, 0])
+                                        + tf.reduce_sum(log_prob))
 results = {}
 for key, spec in job.items():
   model = tf.saved_model.load(spec['path'])
@@ -64,6 +67,32 @@ for key, spec in job.items():
               for name, value in spec['refused'].items()]
   requests.append(('sample_n', sample, dict(n=np.int32(spec['refused_n']),
                                             seed=np.int32([1, 2]))))
+  # Gradients: log_prob's with respect to its points, and sample's with
+  # respect to the flow's variables, which the default export refuses.
+  with tf.GradientTape() as tape:
+    tape.watch(points)
+    total = tf.reduce_sum(log_prob(points=points)['log_prob'])
+  gradients = {'log_prob_grad': tape.gradient(total, points).numpy()}
+  paths = [('served', spec['path'])]
+  if spec.get('differentiable_path'):
+    paths.append(('differentiable', spec['differentiable_path']))
+  for which, path in paths:
+    if which != 'served':
+      sys.stderr.write(SEPARATOR + '\n')
+      sys.stderr.flush()
+      model = tf.saved_model.load(path)
+    variables = list(model._flow_variables)
+    try:  # the backward function may be built at the call, under the tape
+      with tf.GradientTape() as tape:
+        drawn = model.signatures['sample'](n=tf.constant(spec['n']),
+                                           seed=tf.constant(spec['seed']))
+        total = sample_loss(drawn['points'], drawn['log_prob'])
+      grads = tape.gradient(total, variables)
+      gradients.update({f'{which}_grad_{i}': g.numpy()
+                        for i, g in enumerate(grads)})
+    except LookupError as e:
+      gradients[f'{which}_grad_error'] = str(e)
+  np.savez(spec['out'][:-4] + '_grad.npz', **gradients)
   results[key] = {}
   for name, signature, inputs in requests:
     try:
@@ -193,6 +222,11 @@ REFUSAL_MESSAGES = {
 
 CASES = {'mlp_f32': (_mlp_flow, tf.float32),
          'keras_f64': (_keras_flow, tf.float64)}
+# Cases also exported with differentiable=True.
+DIFFERENTIABLE = ('mlp_f32',)
+# The loader's loss through sample (the same expression as in LOADER).
+SAMPLE_LOSS = lambda points, log_prob: (tf.reduce_sum(points[:, 0])
+                                        + tf.reduce_sum(log_prob))
 
 
 # Each case traces, saves and reloads in a second TF process: ~30 s of CPU
@@ -212,13 +246,24 @@ def exported(request, tmp_path_factory):
     q = make(dtype)
     path = str(root / key)
     module = export.save(q, path)
+    differentiable = key in DIFFERENTIABLE
+    if differentiable:
+      export.save(q, path + '_differentiable', differentiable=True)
     points = q.sample(64, seed=(3, 4)).numpy()
     np.save(root / f'{key}_points.npy', points)
     np.save(root / f'{key}_fib.npy', fib.astype(dtype.as_numpy_dtype))
     n, seed = 50, [1, 2]
     drawn = module.sample(tf.constant(n), tf.constant(seed))
-    eager_points, eager_log_prob = q.experimental_sample_and_log_prob(
-        n, seed=tf.constant(seed))
+    with tf.GradientTape() as tape:
+      eager_points, eager_log_prob = q.experimental_sample_and_log_prob(
+          n, seed=tf.constant(seed))
+      total = SAMPLE_LOSS(eager_points, eager_log_prob)
+    sample_grads = [g.numpy() for g in tape.gradient(total, q.variables)]
+    with tf.GradientTape() as tape:
+      data = tf.constant(points)
+      tape.watch(data)
+      total = tf.reduce_sum(q.log_prob(data))
+    log_prob_grad = tape.gradient(total, data).numpy()
     accepted, refused = _probes(dtype)
     local[key] = dict(
         q=q, path=path, module=module, refused=refused,
@@ -230,12 +275,15 @@ def exported(request, tmp_path_factory):
         eager_points=eager_points.numpy(),
         eager_log_prob=eager_log_prob.numpy(),
         log_prob=module.log_prob(tf.constant(points))['log_prob'].numpy(),
-        eager_data_log_prob=q.log_prob(points).numpy())
+        eager_data_log_prob=q.log_prob(points).numpy(),
+        sample_grads=sample_grads, log_prob_grad=log_prob_grad)
     job[key] = dict(path=path, n=n, seed=seed, out=str(root / f'{key}.npz'),
                     points=str(root / f'{key}_points.npy'),
                     fib=str(root / f'{key}_fib.npy'),
                     dtype=dtype.name, accepted=accepted, refused=refused,
                     refused_n=-1)
+    if differentiable:
+      job[key]['differentiable_path'] = path + '_differentiable'
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   env.pop('PYTHONPATH', None)
   proc = subprocess.run([sys.executable, '-c', LOADER, json.dumps(job)],
@@ -245,7 +293,9 @@ def exported(request, tmp_path_factory):
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   report['stderr'] = proc.stderr
   key, = job
-  return key, local[key], dict(np.load(job[key]['out'])), report
+  theirs = dict(np.load(job[key]['out']))
+  theirs.update(np.load(job[key]['out'][:-4] + '_grad.npz'))
+  return key, local[key], theirs, report
 
 
 def test_loader_imports_neither_tfp_ircpm_nor_tfp(exported):
@@ -341,34 +391,63 @@ def test_served_tolerance_is_validate_args_tolerance(exported):
     assert np.all(np.isfinite(theirs['probe_' + name]))
 
 
-# Loading logs absl warnings "Importing a function (...) with ops with
-# unsaved custom gradients": tf.saved_model.save stores the gradient of each
-# custom-gradient op in the saved functions, but not the gradients of the
-# custom-gradient ops inside those gradient functions (ψ's
+# With differentiable=True, loading logs absl warnings "Importing a function
+# (...) with ops with unsaved custom gradients": tf.saved_model.save stores
+# the gradient of each custom-gradient op in the saved functions, but not the
+# gradients of the custom-gradient ops inside those gradient functions (ψ's
 # `potentials.softplus` inside the gradient of the lazy IFT point). Why that
 # is harmless, and why it stays, is explained in tfp_ircpm/export.py. The
 # test pins it: exactly one warning per saved function holding such an op,
 # none of them reachable from the signatures, and each signature's graph
 # saved once (a retrace at save time stored both graphs, and logged every
 # warning, twice). The count is pinned too: 1 for `mlp_f32` (the lazy IFT
-# point's gradient), none for the tf_keras ψ of `keras_f64`.
-LOAD_WARNINGS = {'mlp_f32': 1, 'keras_f64': 0}
+# point's gradient; a tf_keras ψ, whose softplus is TF's op, gave none). The
+# default export stores no such gradient function and warns about nothing.
+LOAD_WARNINGS = {'mlp_f32': 1}
 
 
 def test_loading_warns_only_about_functions_serving_never_runs(exported):
+  """The default export warns about nothing; differentiable=True only about
+  functions no signature call runs."""
   key, ours, _, report = exported
-  warned = re.findall(r'Importing a function \((\S+)\) with ops with '
-                      r'unsaved custom gradients', report['stderr'])
-  reachable, unsaved = _custom_gradient_coverage(ours['path'])
-  assert sorted(warned) == sorted(unsaved)
-  assert len(warned) == LOAD_WARNINGS[key], (
-      f'{warned}: see the comment on these warnings in tfp_ircpm/export.py; '
-      'update it and LOAD_WARNINGS if they are still harmless')
-  assert not unsaved & reachable
-  assert any(f.startswith('__inference_sample_') for f in reachable)
-  for name in ('sample', 'log_prob'):
-    assert len([f for f in _saved_functions(ours['path'])
-                if f.startswith(f'__inference_{name}_')]) == 1, name
+  served_log, _, differentiable_log = report['stderr'].partition(
+      '--- the differentiable export ---')
+  pattern = (r'Importing a function \((\S+)\) with ops with unsaved custom '
+             r'gradients')
+  cases = [(ours['path'], served_log, 0)]
+  if key in DIFFERENTIABLE:
+    cases.append((ours['path'] + '_differentiable', differentiable_log,
+                  LOAD_WARNINGS[key]))
+  for path, log, expected in cases:
+    warned = re.findall(pattern, log)
+    reachable, unsaved = _custom_gradient_coverage(path)
+    assert sorted(warned) == sorted(unsaved), path
+    assert len(warned) == expected, (
+        f'{path}: {warned}: see the comment on these warnings in '
+        'tfp_ircpm/export.py; update it and LOAD_WARNINGS if they are still '
+        'harmless')
+    assert not unsaved & reachable
+    assert any(f.startswith('__inference_sample_') for f in reachable)
+    for name in ('sample', 'log_prob'):
+      assert len([f for f in _saved_functions(path)
+                  if f.startswith(f'__inference_{name}_')]) == 1, name
+
+
+def test_reloaded_gradients(exported):
+  """log_prob keeps its gradient; sample's is refused by default, with a
+  message naming the fix, and with differentiable=True it is the flow's
+  (reparameterised points and their IFT log-det)."""
+  key, ours, theirs, _ = exported
+  tol = 1e-4 if key.endswith('f32') else 1e-10
+  np.testing.assert_allclose(theirs['log_prob_grad'], ours['log_prob_grad'],
+                             rtol=tol, atol=tol)
+  assert 'differentiable=True' in str(theirs['served_grad_error'])
+  if key in DIFFERENTIABLE:
+    assert 'differentiable_grad_error' not in theirs
+    for i, expected in enumerate(ours['sample_grads']):
+      assert np.abs(expected).max() > 0.
+      np.testing.assert_allclose(theirs[f'differentiable_grad_{i}'],
+                                 expected, rtol=1e-3, atol=10 * tol)
 
 
 def test_flow_without_ircpm_layers_checks_shape_and_finiteness():

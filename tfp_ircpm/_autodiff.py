@@ -1,6 +1,8 @@
 """Autodiff helpers shared by the solver and the log-det."""
 
-from typing import Sequence
+import contextlib
+import threading
+from typing import Iterator, Sequence
 
 import tensorflow as tf
 # Public TF has no way to pause every active tape; GradientTape.stop_recording
@@ -11,6 +13,9 @@ from tensorflow.python.eager import record  # pylint: disable=g-direct-tensorflo
 # output. Beyond it `tape.batch_jacobian` vectorises the passes with pfor,
 # whose graphs take seconds to trace and optimise inside a while-loop.
 MAX_UNROLLED_OUTPUTS = 8
+
+# Set by `values_only`: the message of the gradient error, per thread.
+_STATE = threading.local()
 
 
 def batch_jacobian(tape: tf.GradientTape, target: tf.Tensor,
@@ -71,7 +76,8 @@ def with_lazy_gradient(value: tf.Tensor, exact_fn, z: tf.Tensor,
   log-det from the solve's Hessian) but whose derivatives need `exact_fn`
   recomputed on a tape. tf.custom_gradient builds that recomputation only
   when a gradient is asked for, so sampling never pays it. `variables` (ψ's
-  trainable variables) are passed in explicitly, as inputs.
+  trainable variables) are passed in explicitly, as inputs. Under
+  `values_only`, `value` with gradients disabled.
 
   Args:
     value: the tensor to return; equal to exact_fn(z) up to solver tolerance.
@@ -79,6 +85,9 @@ def with_lazy_gradient(value: tf.Tensor, exact_fn, z: tf.Tensor,
     z: the input the gradient flows to.
     variables: the variables the gradient flows to.
   """
+  message = getattr(_STATE, 'values_only', None)
+  if message is not None:
+    return tf.raw_ops.PreventGradient(input=value, message=message)
   variables = tuple(variables)
 
   @tf.custom_gradient
@@ -96,6 +105,25 @@ def with_lazy_gradient(value: tf.Tensor, exact_fn, z: tf.Tensor,
     return tf.identity(value), grad
 
   return lazy(z, *[tf.convert_to_tensor(v) for v in variables])
+
+
+@contextlib.contextmanager
+def values_only(message: str) -> Iterator[None]:
+  """Within, `with_lazy_gradient` returns its value with gradients disabled.
+
+  For graphs that are only ever evaluated (`export.save` without
+  gradients): the value is wrapped in TF's `PreventGradient` op, so a later
+  gradient request raises `LookupError` with `message` instead of building
+  the recomputation, and nothing of it is traced now. A custom gradient's
+  function is traced when a SavedModel is written (most of the save time of
+  a flow: the IFT point's and the log-det's second derivatives).
+  """
+  previous = getattr(_STATE, 'values_only', None)
+  _STATE.values_only = message
+  try:
+    yield
+  finally:
+    _STATE.values_only = previous
 
 
 def without_tapes(fn, *args):

@@ -141,14 +141,30 @@ def suboptimal_points(manifold: base.Manifold, potential: Potential,
     cand = tf.concat([cand, fixed], 0)
     cand_psi = tf.concat([cand_psi, call_potential(potential, fixed)], 0)
   h_self = 0.5 * manifold.sq_dist(x, y) + psi_y
-  best = tf.fill(tf.shape(h_self), tf.constant(float('inf'), dtype))
+  # Chunks of candidates bound the [N, chunk] distance matrix. A loop, not
+  # an unrolled Python one, keeps one copy of the distance's ops in the
+  # graph (its safe small-angle branches are most of this test's ops). The
+  # last chunk is padded with copies of the first candidate, which cannot
+  # change a minimum.
   total = MAX_BATCH_CANDIDATES + (0 if candidates is None else
                                   int(candidates.shape[0]))
-  for start in range(0, total, _CANDIDATE_CHUNK):
-    c = cand[start:start + _CANDIDATE_CHUNK]
-    h = (0.5 * manifold.sq_dist(x[:, tf.newaxis], c[tf.newaxis])
-         + cand_psi[tf.newaxis, start:start + _CANDIDATE_CHUNK])
-    best = tf.minimum(best, tf.reduce_min(h, axis=-1))
+  chunks = -(-total // _CANDIDATE_CHUNK)
+  pad = chunks * _CANDIDATE_CHUNK - total
+  cand = tf.concat([cand, tf.repeat(cand[:1], pad, axis=0)], 0)
+  cand_psi = tf.concat([cand_psi, tf.repeat(cand_psi[:1], pad, axis=0)], 0)
+  cand = tf.reshape(cand, [chunks, _CANDIDATE_CHUNK, -1])
+  cand_psi = tf.reshape(cand_psi, [chunks, _CANDIDATE_CHUNK])
+
+  def body(i, best):
+    h = (0.5 * manifold.sq_dist(x[:, tf.newaxis], cand[i][tf.newaxis])
+         + cand_psi[i][tf.newaxis])
+    return i + 1, tf.minimum(best, tf.reduce_min(h, axis=-1))
+
+  _, best = tf.while_loop(
+      lambda i, best: i < chunks, body,
+      (tf.constant(0), tf.fill(tf.shape(h_self),
+                               tf.constant(float('inf'), dtype))),
+      maximum_iterations=chunks)
   eps = tf.constant(_series.machine_eps(dtype), dtype)
   slack = tf.sqrt(eps) * (1. + tf.abs(h_self))
   return best < h_self - slack
@@ -259,35 +275,15 @@ def _solve_graph(manifold, potential, x, method, tolerance, max_iterations,
     slack = 16. * eps * (1. + tf.abs(value))
     return value_new <= value + _ARMIJO_C * a * slope + slack
 
-  def newton_iteration(y, value, g, hess, frame, active):
-    """One damped Newton step and the derivatives at the new point.
-
-    The full step's value comes with the derivatives the next iteration
-    needs anyway, so the Armijo test on it is free. The shorter steps are
-    only evaluated, under tf.cond, when some active point rejects the full
-    one: near the solution (the Lemma 4 regime) an iteration costs one
-    Hessian and one Cholesky factorisation, not also three more evaluations
-    of ψ.
-    """
-    v = newton_direction(g, hess)
-    slope = tf.reduce_sum(g * v, axis=-1)                       # < 0
-    y_full = retract(manifold, y, frame, v)
-    full = derivatives(y_full)
-    accept = tf.logical_or(armijo_ok(full[0], value, slope, 1.), ~active)
-
-    def backtrack():
-      # Largest Armijo step among the shorter ones; if none qualifies take
-      # the smallest. Points that accepted the full step keep it.
-      chosen = retract(manifold, y, frame, _STEP_SIZES[-1] * v)
-      for a in reversed(_STEP_SIZES[1:-1]):
-        yc = retract(manifold, y, frame, a * v)
-        ok = armijo_ok(cost(manifold, potential, x, yc), value, slope, a)
-        chosen = tf.where(ok[:, tf.newaxis], yc, chosen)
-      chosen = tf.where(accept[:, tf.newaxis], y_full, chosen)
-      return (chosen,) + tuple(derivatives(chosen))
-
-    return tf.cond(tf.reduce_all(accept), lambda: (y_full,) + tuple(full),
-                   backtrack)
+  def backtrack(y, frame, v, value, slope, rejected, y_full):
+    # Largest Armijo step among the shorter ones; if none qualifies take
+    # the smallest. Only ψ's value is evaluated at these points.
+    chosen = retract(manifold, y, frame, _STEP_SIZES[-1] * v)
+    for a in reversed(_STEP_SIZES[1:-1]):
+      yc = retract(manifold, y, frame, a * v)
+      ok = armijo_ok(cost(manifold, potential, x, yc), value, slope, a)
+      chosen = tf.where(ok[:, tf.newaxis], yc, chosen)
+    return tf.where(rejected[:, tf.newaxis], chosen, y_full)
 
   def gradient_step(y, g, frame):
     return retract(manifold, y, frame, -g)
@@ -295,40 +291,65 @@ def _solve_graph(manifold, potential, x, method, tolerance, max_iterations,
   def residual_of(g):
     return tf.norm(g, axis=-1)
 
+  # One evaluation of h's derivatives per trip, at the trial points: the
+  # graph holds a single copy of them (with ψ's Hessian, most of the solve's
+  # ops), which is what tracing a solve costs. The first trip evaluates
+  # y = x. A trial is "trusted" when it needs no Armijo test: the start, a
+  # backtracked step (already tested, or the smallest), and every descent
+  # step (unit steps, as in the paper). A full Newton step is tested with
+  # the value that comes with its derivatives, so near the solution (the
+  # Lemma 4 regime) a step costs one Hessian and one Cholesky
+  # factorisation; the shorter steps are only evaluated, under tf.cond, when
+  # some active point rejects the full one, and the chosen one gets its
+  # derivatives on the next trip. `iters` counts accepted steps.
   y0 = manifold.projx(x)
-  value0, g0, hess0, frame0 = derivatives(y0)
-  if hess0 is None:
-    hess0 = tf.zeros(tf.stack([n, manifold.dim, manifold.dim]), dtype)
-  active0 = residual_of(g0) > tol
-  iters0 = tf.zeros([n], tf.int32)
+  ambient, dim = manifold.ambient_dim, manifold.dim
+  zeros = lambda *shape: tf.zeros(tf.stack([n, *shape]), dtype)
 
-  def cond(i, y, value, g, hess, frame, iters, active):
-    del y, value, g, hess, frame, iters
-    return tf.logical_and(i < cap, tf.reduce_any(active))
+  def cond(i, y, value, g, hess, frame, iters, active, y_trial, slope,
+           trusted):
+    del y, value, g, hess, frame, iters, y_trial, slope, trusted
+    return tf.logical_and(i < 2 * cap + 1, tf.reduce_any(active))
 
-  def body(i, y, value, g, hess, frame, iters, active):
+  def body(i, y, value, g, hess, frame, iters, active, y_trial, slope,
+           trusted):
+    value_t, g_t, hess_t, frame_t = derivatives(y_trial)
     if newton:
-      y_new, value_new, g_new, hess_new, frame_new = newton_iteration(
-          y, value, g, hess, frame, active)
+      accept = tf.logical_or(trusted, armijo_ok(value_t, value, slope, 1.))
     else:
-      y_new = gradient_step(y, g, frame)
-      value_new, g_new, hess_new, frame_new = derivatives(y_new)
-    if hess_new is None:
-      hess_new = hess
-    keep = active[:, tf.newaxis]
-    y = tf.where(keep, y_new, y)
-    g = tf.where(keep, g_new, g)
-    value = tf.where(active, value_new, value)
-    hess = tf.where(keep[..., tf.newaxis], hess_new, hess)
-    frame = tf.where(keep[..., tf.newaxis], frame_new, frame)
-    iters = iters + tf.cast(active, tf.int32)
-    active = tf.logical_and(active, residual_of(g) > tol)
-    return i + 1, y, value, g, hess, frame, iters, active
+      accept = tf.ones_like(active)
+    take = tf.logical_and(active, accept)
+    keep = take[:, tf.newaxis]
+    y = tf.where(keep, y_trial, y)
+    g = tf.where(keep, g_t, g)
+    value = tf.where(take, value_t, value)
+    if hess_t is not None:
+      hess = tf.where(keep[..., tf.newaxis], hess_t, hess)
+    frame = tf.where(keep[..., tf.newaxis], frame_t, frame)
+    iters = iters + tf.cast(tf.logical_and(take, i > 0), tf.int32)
+    active = tf.logical_and(active, tf.logical_and(residual_of(g) > tol,
+                                                   iters < cap))
+    if newton:
+      v = newton_direction(g, hess)
+      slope = tf.reduce_sum(g * v, axis=-1)                     # < 0
+      y_full = retract(manifold, y, frame, v)
+      rejected = tf.logical_and(active, ~accept)
+      y_trial = tf.cond(
+          tf.reduce_any(rejected),
+          lambda: backtrack(y, frame, v, value, slope, rejected, y_full),
+          lambda: y_full)
+      trusted = rejected
+    else:
+      y_trial = gradient_step(y, g, frame)
+    return (i + 1, y, value, g, hess, frame, iters, active, y_trial, slope,
+            trusted)
 
-  _, y, value, g, hess, _, iters, _ = tf.while_loop(
+  _, y, value, g, hess, _, iters, _, _, _, _ = tf.while_loop(
       cond, body,
-      (tf.constant(0), y0, value0, g0, hess0, frame0, iters0, active0),
-      maximum_iterations=cap)
+      (tf.constant(0), y0, zeros(), zeros(dim), zeros(dim, dim),
+       zeros(ambient, dim), tf.zeros([n], tf.int32), tf.ones([n], tf.bool),
+       y0, zeros(), tf.ones([n], tf.bool)),
+      maximum_iterations=2 * cap + 1)
   if not newton:
     # Only H is new here: a recomputed g can differ from the loop's by
     # round-off, which at a float32 tolerance near the residual floor would
