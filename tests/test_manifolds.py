@@ -72,6 +72,30 @@ def test_sphere_distance_matches_arccos(dtype):
 
 @pytest.mark.parametrize('name', sorted(MANIFOLDS))
 @pytest.mark.parametrize('dtype', DTYPES)
+def test_pairwise_sq_dist_is_sq_dist_within_its_documented_error(name,
+                                                                 dtype):
+  """[N, K] table against `sq_dist` pair by pair, with coincident and (on
+  spheres) antipodal pairs: O(eps) away from θ = π, 2π√(8 eps) at it."""
+  m = MANIFOLDS[name]()
+  x = _points(m, 40, dtype, seed=5)
+  c = tf.concat([_points(m, 7, dtype, seed=6), x[:2]], 0)
+  if isinstance(m, M.Sphere):
+    c = tf.concat([c, -x[2:4]], 0)
+  table = m.pairwise_sq_dist(x, c)
+  assert table.shape == (40, c.shape[0])
+  exact = m.sq_dist(x[:, tf.newaxis], c[tf.newaxis]).numpy()
+  eps = np.finfo(dtype.as_numpy_dtype).eps
+  far = np.abs(np.sqrt(np.maximum(exact, 0.)) - np.pi) > 0.1
+  np.testing.assert_allclose(table.numpy()[far], exact[far], atol=50 * eps,
+                             rtol=50 * eps)
+  np.testing.assert_allclose(table.numpy(), exact,
+                             atol=2 * np.pi * np.sqrt(8 * eps) + 50 * eps)
+  np.testing.assert_allclose(np.diag(table.numpy()[:2, -4 if isinstance(
+      m, M.Sphere) else -2:]), 0., atol=50 * eps)
+
+
+@pytest.mark.parametrize('name', sorted(MANIFOLDS))
+@pytest.mark.parametrize('dtype', DTYPES)
 def test_twice_differentiable_at_coincidence(name, dtype):
   """½d(x, exp_x(v))² = ½|v|²: gradient v and Hessian I at v = 0 and near it,
   with no NaN, also at the poles."""

@@ -143,9 +143,12 @@ def suboptimal_points(manifold: base.Manifold, potential: Potential,
   h_self = 0.5 * manifold.sq_dist(x, y) + psi_y
   # Chunks of candidates bound the [N, chunk] distance matrix. A loop, not
   # an unrolled Python one, keeps one copy of the distance's ops in the
-  # graph (its safe small-angle branches are most of this test's ops). The
-  # last chunk is padded with copies of the first candidate, which cannot
-  # change a minimum.
+  # graph. The last chunk is padded with copies of the first candidate,
+  # which cannot change a minimum. The chunks screen with
+  # `pairwise_sq_dist` (on Sⁿ one matmul, where `sq_dist`'s safe branches
+  # over all pairs were most of log_prob's time) and keep each point's best
+  # candidate; its h is then recomputed with `sq_dist`, so screening error
+  # can only pick a near-tie, never flag a point the exact values clear.
   total = MAX_BATCH_CANDIDATES + (0 if candidates is None else
                                   int(candidates.shape[0]))
   chunks = -(-total // _CANDIDATE_CHUNK)
@@ -155,16 +158,23 @@ def suboptimal_points(manifold: base.Manifold, potential: Potential,
   cand = tf.reshape(cand, [chunks, _CANDIDATE_CHUNK, -1])
   cand_psi = tf.reshape(cand_psi, [chunks, _CANDIDATE_CHUNK])
 
-  def body(i, best):
-    h = (0.5 * manifold.sq_dist(x[:, tf.newaxis], cand[i][tf.newaxis])
-         + cand_psi[i][tf.newaxis])
-    return i + 1, tf.minimum(best, tf.reduce_min(h, axis=-1))
+  def body(i, best, best_point, best_psi):
+    h = 0.5 * manifold.pairwise_sq_dist(x, cand[i]) + cand_psi[i][tf.newaxis]
+    j = tf.argmin(h, axis=-1, output_type=tf.int32)
+    better = tf.reduce_min(h, axis=-1) < best
+    best = tf.where(better, tf.reduce_min(h, axis=-1), best)
+    best_point = tf.where(better[:, tf.newaxis], tf.gather(cand[i], j),
+                          best_point)
+    best_psi = tf.where(better, tf.gather(cand_psi[i], j), best_psi)
+    return i + 1, best, best_point, best_psi
 
-  _, best = tf.while_loop(
-      lambda i, best: i < chunks, body,
+  _, _, best_point, best_psi = tf.while_loop(
+      lambda i, *_: i < chunks, body,
       (tf.constant(0), tf.fill(tf.shape(h_self),
-                               tf.constant(float('inf'), dtype))),
+                               tf.constant(float('inf'), dtype)),
+       y, psi_y),   # no candidate better: h_self, never flagged
       maximum_iterations=chunks)
+  best = 0.5 * manifold.sq_dist(x, best_point) + best_psi
   eps = tf.constant(_series.machine_eps(dtype), dtype)
   slack = tf.sqrt(eps) * (1. + tf.abs(h_self))
   return best < h_self - slack

@@ -78,6 +78,16 @@ class Manifold(abc.ABC):
   def sq_dist(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     """d(x, y)², shape [...]; smooth (twice differentiable) at x = y."""
 
+  def pairwise_sq_dist(self, x: tf.Tensor, c: tf.Tensor) -> tf.Tensor:
+    """d(x_i, c_j)² for x [N, ambient] and c [K, ambient] → [N, K].
+
+    Values only, for screening many pairs without differentiating them
+    (the solver's global-minimum test, which recomputes the pair it picks
+    with `sq_dist`). A manifold may override it with a cheaper formula whose
+    error it documents. By default `sq_dist` broadcast.
+    """
+    return self.sq_dist(x[:, tf.newaxis], c[tf.newaxis])
+
   def dist(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     """Geodesic distance d(x, y), shape [...]; zero gradient at x = y."""
     from tfp_ircpm.manifolds import _series  # pylint: disable=g-import-not-at-top
