@@ -43,9 +43,9 @@ log-det take their derivatives from custom gradients that recompute them on
 a tape (`_autodiff.with_lazy_gradient`), and `tf.saved_model.save` traces
 every custom gradient it stores: on a 3-layer S² flow (MLP [64, 64]) the
 save took 5.0 s with them and 1.1 s without, after the signatures' own
-tracing. Without
-them, a gradient through the reloaded `sample` raises `LookupError` naming
-`differentiable=True`, never a silently wrong or zero gradient.
+tracing. Without them, a gradient through the reloaded `sample` raises
+`LookupError` naming `differentiable=True`, never a silently wrong or zero
+gradient.
 `differentiable=True` stores them, for a consumer that trains through the
 reloaded sampler (first derivatives only; see below).
 """
@@ -76,9 +76,10 @@ NO_GRADIENT_MESSAGE = (
     'gradients (export.save(..., differentiable=False), the default); save '
     'it with differentiable=True to differentiate sample.')
 
-# With differentiable=True, loading the SavedModel logs absl warnings "Importing a function (...) with
-# ops with unsaved custom gradients. Will likely fail if a gradient is
-# requested." Where they come from, and why they are harmless:
+# With differentiable=True, loading the SavedModel logs absl warnings
+# "Importing a function (...) with ops with unsaved custom gradients. Will
+# likely fail if a gradient is requested." Where they come from, and why
+# they are harmless:
 #
 # * tf.saved_model.save (by default, SaveOptions(experimental_custom_gradients
 #   =True)) stores a gradient function for every tf.custom_gradient op in the

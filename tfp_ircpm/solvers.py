@@ -161,8 +161,9 @@ def suboptimal_points(manifold: base.Manifold, potential: Potential,
   def body(i, best, best_point, best_psi):
     h = 0.5 * manifold.pairwise_sq_dist(x, cand[i]) + cand_psi[i][tf.newaxis]
     j = tf.argmin(h, axis=-1, output_type=tf.int32)
-    better = tf.reduce_min(h, axis=-1) < best
-    best = tf.where(better, tf.reduce_min(h, axis=-1), best)
+    h_min = tf.reduce_min(h, axis=-1)
+    better = h_min < best
+    best = tf.where(better, h_min, best)
     best_point = tf.where(better[:, tf.newaxis], tf.gather(cand[i], j),
                           best_point)
     best_psi = tf.where(better, tf.gather(cand_psi[i], j), best_psi)
