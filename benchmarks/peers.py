@@ -41,21 +41,34 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('targets', ['u1', 'u2', 'u3', 'pairs8', 'pairs32'],
-                  'Targets: u1, u2, u3 (T², Table 1) and pairs<n> (Tⁿ, '
-                  '`targets.torus_correlated_pairs`).')
+flags.DEFINE_list('targets',
+                  ['u1', 'u2', 'u3', 'pairs8', 'pairs32', 'xy4', 'xy8'],
+                  'Targets: u1, u2, u3 (T², Table 1), pairs<n> (Tⁿ, '
+                  '`targets.torus_correlated_pairs`) and xy<L> (the XY model '
+                  'on T^{L²} at β = 0.9, `lattice.xy_model`).')
 flags.DEFINE_list('budgets', ['30', '120', '600'],
                   'Training seconds at which to evaluate.')
 flags.DEFINE_list('throughput_dims', ['2', '8', '32'],
                   'Torus dimensions of the throughput rows.')
 flags.DEFINE_integer('batch_size', 256, 'Reverse-KL batch.')
 flags.DEFINE_integer('eval_samples', 20000, 'Samples for ESS and KL.')
+flags.DEFINE_integer('xy_eval_samples', 2000, 'Samples for ESS and F on the '
+                     'XY targets (exact log-dets at L² dimensions; the '
+                     'lattice results use 1000-2000).')
 flags.DEFINE_integer('seed', 0, 'Seed of both sides.')
+flags.DEFINE_integer('threads', 0, 'Threads of each side (TF intra- and '
+                     'inter-op, torch); 0 keeps each library\'s default. With '
+                     '`taskset -c K`, 1 gives each side one core.')
 flags.DEFINE_string('output', 'benchmarks/peers.json', 'JSON output.')
+flags.DEFINE_list('merge', [], 'Instead of running: merge these JSON '
+                  'outputs (e.g. two runs on separate cores) into --output '
+                  'and print the tables.')
 flags.DEFINE_string('side', None, 'Internal: run one side in this process '
                     '("ircpm:quality:u2", "zuko:throughput:8", …).')
 
 THROUGHPUT_POINTS = 4096
+# Exact log-dets at 64 dimensions hold a [batch, 64, 64] Jacobian per layer.
+XY_EVAL_BATCH = 500
 REPEATS = 5
 
 
@@ -68,22 +81,53 @@ def have_peers() -> bool:
   return True
 
 
+XY_BETA = 0.9
+
+
+def _lattice_size(name: str):
+  """L for 'xy<L>', else None."""
+  return int(name[2:]) if name.startswith('xy') else None
+
+
 def _target(name: str):
+  from tfp_ircpm import lattice  # pylint: disable=g-import-not-at-top
   from tfp_ircpm import targets  # pylint: disable=g-import-not-at-top
   if name.startswith('pairs'):
     return targets.torus_correlated_pairs(int(name[5:]))
+  if _lattice_size(name):
+    return lattice.xy_model(_lattice_size(name), XY_BETA)
   return targets.TARGETS[name]()
 
 
-def _metrics(log_q, log_p, log_z: float) -> dict:
-  """ESS (fraction) and KL(q‖p) from float64 log-densities, as
-  `metrics.evaluate` computes them; NaN ESS if any weight is not finite."""
+def _eval_samples(target_name: str) -> int:
+  return (FLAGS.xy_eval_samples if _lattice_size(target_name)
+          else FLAGS.eval_samples)
+
+
+def _log_normalizer(target):
+  """Exact log Z, or None where no quadrature exists (XY above L = 2)."""
+  try:
+    return target.log_normalizer
+  except ValueError:
+    return None
+
+
+def _metrics(log_q, log_p, log_z) -> dict:
+  """ESS (fraction), KL(q‖p) and the free energy F = E_q[log q − log p̃]
+  from float64 log-densities, as `metrics.evaluate` computes them.
+
+  F = KL − log Z needs no log Z, so it compares two flows exactly where
+  log Z is unknown (KL is then NaN). The ESS is NaN if any weight is not
+  finite (a failed solve), and `nonfinite` counts them.
+  """
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tfp_ircpm import metrics  # pylint: disable=g-import-not-at-top
   log_w = np.asarray(log_p, np.float64) - np.asarray(log_q, np.float64)
   bad = int(np.sum(~np.isfinite(log_w)))
+  free_energy = float(np.mean(-log_w))
   return dict(ess=float(metrics.ess_from_log_weights(log_w)) if not bad
-              else float('nan'), kl=float(np.mean(-log_w) + log_z),
+              else float('nan'), free_energy=free_energy,
+              kl=free_energy + log_z if log_z is not None else float('nan'),
               nonfinite=bad)
 
 
@@ -103,35 +147,71 @@ def _ircpm_flow(dim: int):
                          hidden_units=(32, 32))
 
 
+def _xy_model(target):
+  """The lattice example's XY recipe (docs/results/lattice.md, the grid):
+  4 IRCPMs with translation- and U(1)-equivariant conv ψ and the bond term,
+  uniform base, the λ_min guard at floor 0.2, exact log-dets at L = 4 and
+  the stochastic estimator at L = 8 (`--estimator=auto`), XLA at L = 8."""
+  from examples.lattice import config as config_lib  # pylint: disable=g-import-not-at-top
+  from examples.lattice import models  # pylint: disable=g-import-not-at-top
+  size = target.lattice_size
+  config = config_lib.Config(
+      model='xy', L=size, beta=XY_BETA, psi='equivariant', layers=4,
+      bond_term=True, barrier_floor=0.2, batch_size=FLAGS.batch_size,
+      seed=FLAGS.seed, jit_compile=size >= 8)
+  model, estimator = models.build_model(target, config)
+  return model, estimator, config.jit_compile
+
+
 def _ircpm_quality(target_name: str, budgets) -> dict:
+  import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
   from tfp_ircpm import losses  # pylint: disable=g-import-not-at-top
   target = _target(target_name)
-  q = _ircpm_flow(target.manifold.dim)
   opt = tf_keras.optimizers.Adam(1e-3)
-  variables = q.trainable_variables
+  if _lattice_size(target_name):
+    model, estimator, jit = _xy_model(target)
+    variables = model.trainable_variables
 
-  @tf.function(jit_compile=True)
+    def loss_fn(seed):
+      return model.loss(target, FLAGS.batch_size, seed, estimator)
+
+    # Exact log-dets, without XLA, as the lattice example evaluates.
+    draw = tf.function(
+        lambda seed: model.sample_and_log_prob(XY_EVAL_BATCH, seed, 'exact'))
+    eval_batch = XY_EVAL_BATCH
+  else:
+    q = _ircpm_flow(target.manifold.dim)
+    variables = q.trainable_variables
+    jit = True
+
+    def loss_fn(seed):
+      return losses.reverse_kl_loss(q, target, FLAGS.batch_size, seed)
+
+    draw = tf.function(
+        lambda seed: q.experimental_sample_and_log_prob(5000, seed=seed),
+        jit_compile=True)
+    eval_batch = 5000
+
+  @tf.function(jit_compile=jit)
   def step(seed):
     with tf.GradientTape() as tape:
-      loss = losses.reverse_kl_loss(q, target, FLAGS.batch_size, seed)
+      loss = loss_fn(seed)
     opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
     return loss
 
-  @tf.function(jit_compile=True)
-  def draw(seed):
-    return q.experimental_sample_and_log_prob(5000, seed=seed)
+  log_z = _log_normalizer(target)
 
   def evaluate(k):
     log_q, log_p = [], []
-    for i in range(-(-FLAGS.eval_samples // 5000)):
+    n = _eval_samples(target_name)
+    for i in range(-(-n // eval_batch)):
       x, lq = draw(tf.constant([FLAGS.seed + 7, 1000 * k + i]))
       log_q.append(lq.numpy())
       log_p.append(_log_p(target, x.numpy()))
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    return _metrics(np.concatenate(log_q), np.concatenate(log_p),
-                    target.log_normalizer)
+    return _metrics(np.concatenate(log_q)[:n], np.concatenate(log_p)[:n],
+                    log_z)
 
   def one_step(i):
     return float(step(tf.constant([FLAGS.seed, i])))
@@ -182,6 +262,15 @@ def _torch_energy(target_name: str):
   if target_name == 'u3':
     return lambda t: 1.4 * torch.sin(2. * t[..., 0]) * torch.sin(
         2. * t[..., 1])
+  size = _lattice_size(target_name)
+  if size:
+    def xy(t):
+      # Row-major sites; each site's right and lower bonds, periodic.
+      g = t.reshape(t.shape[:-1] + (size, size))
+      return -XY_BETA * (torch.cos(g - torch.roll(g, -1, dims=-1))
+                         + torch.cos(g - torch.roll(g, -1, dims=-2))
+                         ).sum((-2, -1))
+    return xy
   def pairs(t):
     p = t.reshape(t.shape[:-1] + (-1, 2))
     a, b = p[..., 0], p[..., 1]
@@ -202,6 +291,7 @@ def _zuko_quality(target_name: str, budgets) -> dict:
       rtol=1e-10, atol=1e-10)
   flow = _zuko_flow(target.manifold.dim)
   opt = torch.optim.Adam(flow.parameters(), lr=1e-3)
+  log_z = _log_normalizer(target)
 
   def one_step(i):
     del i
@@ -215,10 +305,9 @@ def _zuko_quality(target_name: str, budgets) -> dict:
   def evaluate(k):
     del k
     with torch.no_grad():
-      x, log_q = flow().rsample_and_log_prob((FLAGS.eval_samples,))
+      x, log_q = flow().rsample_and_log_prob((_eval_samples(target_name),))
     x = x.double().numpy()
-    return _metrics(log_q.double().numpy(), _log_p(target, x),
-                    target.log_normalizer)
+    return _metrics(log_q.double().numpy(), _log_p(target, x), log_z)
 
   return _quality_loop(one_step, evaluate, budgets,
                        sum(p.numel() for p in flow.parameters()))
@@ -283,8 +372,22 @@ def _quality_loop(one_step, evaluate, budgets, num_parameters) -> dict:
                               if steps > 1 else float('nan')))
 
 
+def _set_threads(library: str, threads: int) -> None:
+  if not threads:
+    return
+  if library == 'ircpm':
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+  else:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(threads)
+
+
 def _run_side(spec: str) -> dict:
   library, what, arg = spec.split(':')
+  _set_threads(library, FLAGS.threads)
   if what == 'quality':
     budgets = [float(b) for b in FLAGS.budgets]
     fn = _ircpm_quality if library == 'ircpm' else _zuko_quality
@@ -297,7 +400,9 @@ def _fresh_process(spec: str) -> dict:
   args = [sys.executable, '-m', 'benchmarks.peers', f'--side={spec}',
           f'--budgets={",".join(FLAGS.budgets)}',
           f'--batch_size={FLAGS.batch_size}',
-          f'--eval_samples={FLAGS.eval_samples}', f'--seed={FLAGS.seed}']
+          f'--eval_samples={FLAGS.eval_samples}',
+          f'--xy_eval_samples={FLAGS.xy_eval_samples}', f'--seed={FLAGS.seed}',
+          f'--threads={FLAGS.threads}']
   proc = subprocess.run(args, capture_output=True, text=True, check=False)
   if proc.returncode:
     return dict(error=proc.stderr[-2000:])
@@ -306,19 +411,27 @@ def _fresh_process(spec: str) -> dict:
 
 def _table(result: dict) -> str:
   lines = ['Quality at equal training time (reverse KL, batch '
-           f'{FLAGS.batch_size}): ESS % / KL nats / steps; a side whose first '
-           'step (compilation) outlasts a budget is evaluated after it',
+           f'{FLAGS.batch_size}): ESS % / KL nats / steps; where log Z is '
+           'unknown (XY) the KL column holds F = KL − log Z, marked F; a side '
+           'whose first step (compilation) outlasts a budget is evaluated '
+           'after it',
            '| target | budget (s) | IRCPM ESS | KL | steps | zuko ESS | KL | '
            'steps |', '|---|---|---|---|---|---|---|---|']
+
+  def quality_cells(row):
+    ess = (f'{100 * row["ess"]:.2f}' if math.isfinite(row['ess'])
+           else f'nan ({row["nonfinite"]} failed)')
+    kl = (f'{row["kl"]:.4f}' if math.isfinite(row['kl'])
+          else f'F {row["free_energy"]:.3f}')
+    return [ess, kl, f'{row["steps"]} ({row["seconds"]:.0f} s)']
+
   for name, sides in result['quality'].items():
     rows = [sides[s].get('rows', []) for s in ('ircpm', 'zuko')]
-    for k, budget in enumerate(FLAGS.budgets):
+    for k, budget in enumerate(result['budgets']):
       cells = []
       for r in rows:
-        cells += ([f'{100 * r[k]["ess"]:.2f}', f'{r[k]["kl"]:.4f}',
-                   f'{r[k]["steps"]} ({r[k]["seconds"]:.0f} s)']
-                  if k < len(r) else ['error', '–', '–'])
-      lines.append(f'| {name} | {budget} | ' + ' | '.join(cells) + ' |')
+        cells += quality_cells(r[k]) if k < len(r) else ['error', '–', '–']
+      lines.append(f'| {name} | {budget:g} | ' + ' | '.join(cells) + ' |')
   lines += ['', '| target | side | parameters | first step (s) | steady step '
             '(ms) |', '|---|---|---|---|---|']
   for name, sides in result['quality'].items():
@@ -343,17 +456,43 @@ def _table(result: dict) -> str:
   return '\n'.join(lines)
 
 
+def _merge(paths) -> dict:
+  """One result from runs with the same budgets (say one per core): their
+  quality and throughput entries side by side, each run's own record under
+  'runs'."""
+  runs = []
+  for path in paths:
+    with open(path) as f:
+      runs.append(json.load(f))
+  budgets = {tuple(r['budgets']) for r in runs}
+  if len(budgets) != 1:
+    raise ValueError(f'The runs have different budgets: {sorted(budgets)}.')
+  result = dict(budgets=runs[0]['budgets'], quality={}, throughput={},
+                runs=[{k: v for k, v in r.items()
+                       if k not in ('quality', 'throughput')} for r in runs])
+  for r in runs:
+    result['quality'].update(r['quality'])
+    result['throughput'].update(r['throughput'])
+  return result
+
+
 def main(_):
   if FLAGS.side:
     print(json.dumps(_run_side(FLAGS.side)), flush=True)
+    return
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  if FLAGS.merge:
+    result = _merge(FLAGS.merge)
+    common.write_json(result, FLAGS.output)
+    print(_table(result))
     return
   if not have_peers():
     print('benchmarks.peers needs torch and zuko: pip install -c '
           "constraints.txt -e '.[peers]' (skipped).")
     return
-  from benchmarks import common  # pylint: disable=g-import-not-at-top
   result = dict(load_average_start=common.load_average(),
                 budgets=[float(b) for b in FLAGS.budgets],
+                threads=FLAGS.threads, affinity=sorted(os.sched_getaffinity(0)),
                 quality={}, throughput={})
   for name in FLAGS.targets:
     result['quality'][name] = {
