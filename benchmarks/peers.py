@@ -1,28 +1,42 @@
 r"""Peers side by side: IRCPM flows against zuko's neural circular spline flow.
 
-On tori the flow a user would pick today is zuko's NCSF (coupling
+On tori the flow a user would pick today is zuko's NCSF (autoregressive
 rational-quadratic splines on [−π, π)). This benchmark runs both on the
-same machine in the same run, each in its own fresh process:
+same machine in the same run, each side in its own fresh process:
 
 * quality at equal training wall time: reverse KL (Eq. 9) with batch 256
   and Adam 1e-3 on each target; ESS and KL (nats, with the target's exact
   log Z) on 20 000 fresh samples at each of --budgets seconds of training
   (evaluation time is not counted). Both sides are scored by this
-  library's float64 target energy on the samples they draw;
+  library's float64 target energy on the samples they draw. On the XY
+  model log Z is unknown: the table reports F = E_q[log q + u] = KL − log Z
+  instead, which ranks the two sides exactly, on 2 000 samples
+  (--xy_eval_samples);
 * throughput: log_prob and sample+log_prob of 4096 points (median of 5) on
   T², T⁸ and T³² with each library in its fastest mode (XLA for IRCPM;
   `torch.compile` for zuko where it compiles, else eager: the table says
   which).
 
-IRCPM side: `make_flow(Torus(n), 3, share=True, hidden_units=(32, 32))`
-(1 248 parameters on T²), trained by `losses.reverse_kl_loss` in an XLA
-step. zuko side: `NCSF(features=n, transforms=3, hidden_features=(64, 64),
-bins=8)` (22 026 parameters on T²), torch 2.13 CPU.
+IRCPM side on tori: `make_flow(Torus(n), 3, share=True, hidden_units=(32,
+32))` (1 248 parameters on T²), trained by `losses.reverse_kl_loss` in an
+XLA step. On the XY model (`xy<L>`, β = 0.9): the lattice example's recipe
+(4 IRCPMs with equivariant conv ψ and the bond term, the λ_min guard;
+see `_xy_model`). zuko side: `NCSF(features=n, transforms=3,
+hidden_features=(64, 64), bins=8)` (22 026 parameters on T²), torch 2.13
+CPU, eager training.
 
   pip install -c constraints.txt -e '.[peers]'
-  python -m benchmarks.peers [--targets=u1,u2,u3,pairs8,pairs32]
-      [--budgets=30,120,600] [--throughput_dims=2,8,32]
+  python -m benchmarks.peers [--targets=u1,u2,u3,pairs8,pairs32,xy4,xy8]
+      [--budgets=30,120,600] [--throughput_dims=2,8,32] [--threads=0]
       [--output=benchmarks/peers.json]
+
+One core per side, two runs at a time (as for the committed figures):
+
+  taskset -c 0 python -m benchmarks.peers --targets=xy8,pairs32,u1 \
+      --throughput_dims= --threads=1 --output=/tmp/core0.json &
+  taskset -c 1 python -m benchmarks.peers --targets=xy4,u2,u3,pairs8 \
+      --throughput_dims= --threads=1 --output=/tmp/core1.json
+  python -m benchmarks.peers --merge=/tmp/core0.json,/tmp/core1.json
 
 Without torch and zuko it prints why and exits 0 (torch is never a
 dependency of tfp_ircpm).

@@ -23,7 +23,8 @@ def pytest_configure(config):
 # order, so a long file collected last would leave one worker idle while
 # the other finishes it. Order only; every test still runs.
 LONGEST_FILES_FIRST = (
-    'test_lattice_flows.py', 'test_ircpm.py', 'test_earth.py',
+    'test_density.py', 'test_lattice_flows.py', 'test_ircpm.py',
+    'test_earth.py',
     'test_xla.py', 'test_edge_cases.py', 'test_export.py',
     'test_examples.py', 'test_failure_policy.py', 'test_certified.py',
     'test_contract.py', 'test_derivatives.py', 'test_keras.py',
