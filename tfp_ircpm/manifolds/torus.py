@@ -94,6 +94,16 @@ class Torus(base.Manifold):
   def sq_dist(self, x, y):
     return tf.reduce_sum(tf.square(wrap(y - x)), axis=-1)
 
+  def pairwise_sq_dist(self, x, c):
+    """Σᵢ wrap(cᵢ − xᵢ)² for all pairs, [N, K]: the same values as `sq_dist`
+    broadcast, with the coordinates as the leading axis. Broadcast to
+    [N, K, n], the sum ran over a trailing axis of n = 2 elements and took
+    1.5 Hessians of ψ of log_prob's time on T² (4096 × 320 pairs); summing
+    n dense [N, K] slabs is several times cheaper."""
+    d = wrap(tf.transpose(c)[:, tf.newaxis, :]
+             - tf.transpose(x)[:, :, tf.newaxis])             # [n, N, K]
+    return tf.reduce_sum(tf.square(d), axis=0)
+
   def log_det_dexp(self, x, y):
     """Zero: the torus is flat, exp is a translation."""
     return tf.zeros_like(self.sq_dist(x, y))
