@@ -435,8 +435,12 @@ def _table(result: dict) -> str:
   def quality_cells(row):
     ess = (f'{100 * row["ess"]:.2f}' if math.isfinite(row['ess'])
            else f'nan ({row["nonfinite"]} failed)')
-    kl = (f'{row["kl"]:.4f}' if math.isfinite(row['kl'])
-          else f'F {row["free_energy"]:.3f}')
+    if math.isfinite(row['kl']):
+      kl = f'{row["kl"]:.4f}'
+    elif math.isfinite(row.get('free_energy', float('nan'))):
+      kl = f'F {row["free_energy"]:.3f}'
+    else:
+      kl = '–'
     return [ess, kl, f'{row["steps"]} ({row["seconds"]:.0f} s)']
 
   for name, sides in result['quality'].items():
