@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+import tf_keras
 
 import tfp_ircpm as ircpm
 from tfp_ircpm import targets
@@ -161,3 +162,65 @@ def test_bridge_log_normalizer_solves_bennetts_equation_without_overlap():
       assert abs(c - log_z) < 0.5      # its spread over seeds: 0.11
     else:
       assert log_lhs < np.log(1e-12)
+
+
+def _nan_at(bad_step, v):
+  """A quadratic loss that is NaN at step `bad_step` (counted by a variable:
+  an integer seed's splits are not the same from call to call)."""
+  count = tf.Variable(-1)
+
+  def loss_fn(s):
+    del s
+    bad = tf.equal(count.assign_add(1), bad_step)
+    # NaN in the loss and in its gradient at the bad step only (the inner
+    # where keeps the other steps' gradients finite).
+    nan_factor = tf.where(bad, tf.constant(float('nan')), 1.)
+    return tf.reduce_sum(tf.square(v - 3.)) + tf.where(
+        bad, tf.reduce_sum(v) * nan_factor, 0.)
+  return loss_fn
+
+
+@pytest.mark.parametrize('jit_compile', [False, True])
+def test_a_nonfinite_step_is_never_applied(jit_compile):
+  """A NaN loss at step 2: 'raise' stops there with the variables and the
+  optimizer of step 1; 'skip' drops only that step, so the run equals a run
+  of the finite steps alone (Adam's moments included)."""
+  v = tf.Variable([0., 1.])
+  opt = tf_keras.optimizers.Adam(0.1)
+  with pytest.raises(FloatingPointError, match='step 2'):
+    training.train(_nan_at(2, v), [v], 6, optimizer=opt, log_every=0,
+                   jit_compile=jit_compile)
+  after_two = v.numpy()
+  assert int(opt.iterations) == 2 and np.all(np.isfinite(after_two))
+
+  v.assign([0., 1.])
+  opt = tf_keras.optimizers.Adam(0.1)
+  losses = training.train(_nan_at(2, v), [v], 6, optimizer=opt, log_every=0,
+                          jit_compile=jit_compile, nonfinite='skip')
+  assert np.isnan(losses[2]) and np.all(np.isfinite(np.delete(losses, 2)))
+  assert int(opt.iterations) == 5
+  np.testing.assert_allclose(after_two, _plain_adam_steps(2), rtol=1e-6)
+  np.testing.assert_allclose(v.numpy(), _plain_adam_steps(5), rtol=1e-6)
+
+
+def _plain_adam_steps(k):
+  """The variable after k Adam(0.1) steps on the finite quadratic."""
+  w = tf.Variable([0., 1.])
+  opt = tf_keras.optimizers.Adam(0.1)
+  for _ in range(k):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(tf.square(w - 3.))
+    opt.apply_gradients([(tape.gradient(loss, w), w)])
+  return w.numpy()
+
+
+def test_a_nonfinite_step_under_a_strategy_keeps_the_variables_finite():
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  with strategy.scope():
+    v = tf.Variable([0., 1.])
+    opt = tf_keras.optimizers.Adam(0.1)
+  losses = training.train(_nan_at(2, v), [v], 4, optimizer=opt,
+                          log_every=0, strategy=strategy, nonfinite='skip')
+  assert np.isnan(losses[2]) and np.all(np.isfinite(v.numpy()))
+  with pytest.raises(ValueError, match='nonfinite'):
+    training.train(_nan_at(2, v), [v], 1, nonfinite='ignore')

@@ -425,7 +425,10 @@ def fit(train_points, validation_points, manifold: base_lib.Manifold,
       loss_fn, monitor.variables, int(steps),
       optimizer=tf_keras.optimizers.Adam(schedule), seed=seed,
       log_every=100 if verbose else 0, jit_compile=jit_compile,
-      callback=callback)
+      callback=callback,
+      # A NaN batch (a fold the barrier has not removed yet) is dropped;
+      # the monitor and the final check judge the model.
+      nonfinite='skip')
   last = len(losses_run) - 1
   if stopped['by'] == 'steps':   # the monitor skips a step it evaluated
     monitor.check(last, losses_run[-1])

@@ -11,6 +11,7 @@ The objectives are in `losses`, the quality measures in `metrics`; their
 names are re-exported here for code written against this module.
 """
 
+import math
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -35,6 +36,18 @@ evaluate = metrics.evaluate
 batched_nll = metrics.batched_nll
 
 
+NONFINITE_POLICIES = ('raise', 'skip')
+
+
+def _build_optimizer(optimizer, variables) -> None:
+  """Creates the optimizer's slots for `variables` now (new and legacy
+  tf_keras optimizers)."""
+  if hasattr(optimizer, 'build'):
+    optimizer.build(variables)
+  else:
+    optimizer._create_all_weights(variables)  # pylint: disable=protected-access
+
+
 def train(loss_fn: Callable[..., tf.Tensor],
           variables: List[tf.Variable],
           steps: int,
@@ -48,6 +61,7 @@ def train(loss_fn: Callable[..., tf.Tensor],
           data: Optional[tf.data.Dataset] = None,
           backup_dir: Optional[str] = None,
           backup_every: int = 100,
+          nonfinite: str = 'raise',
           ) -> List[float]:
   """Minimises loss_fn over `variables` with Adam; returns the losses.
 
@@ -91,11 +105,25 @@ def train(loss_fn: Callable[..., tf.Tensor],
       naming its file (`tfp_ircpm.backup`). Callbacks see only the steps
       run in this call.
     backup_every: steps between backups.
+    nonfinite: what a step whose loss or gradients are not finite does (a
+      failed solve or a fold gives NaN under the default policies, and
+      under XLA always). Its update is never applied: one NaN gradient
+      would turn every variable NaN through the optimizer's moments.
+      'raise' (default): raise `FloatingPointError` naming the step, the
+      variables and the optimizer as they were before it. 'skip': record
+      the loss (NaN) and go on with the next seed.
+      Without a strategy the step is dropped whole, optimizer state
+      included. Under a strategy the optimizer applies zero gradients
+      instead (the replicas' updates cannot be made conditional), so its
+      moments still move the variables once, by a finite amount.
 
   Returns:
     The losses of steps 0 … steps − 1 (with a backup: the restored ones,
     then this call's), shorter if the callback stopped training.
   """
+  if nonfinite not in NONFINITE_POLICIES:
+    raise ValueError(f'nonfinite must be one of {NONFINITE_POLICIES}, got '
+                     f'{nonfinite!r}.')
   if strategy is not None and jit_compile:
     raise ValueError('jit_compile is not supported with a strategy here: '
                      'compile the replica step instead.')
@@ -106,12 +134,32 @@ def train(loss_fn: Callable[..., tf.Tensor],
     with scope_strategy.scope():
       optimizer = tf_keras.optimizers.Adam(learning_rate)
 
+  if strategy is None:
+    # Slots exist before the first trace, so the conditional update below
+    # creates no variables inside a branch.
+    _build_optimizer(optimizer, variables)
+
   def replica_step(s, *batch):
     with tf.GradientTape() as tape:
       loss = loss_fn(s, *batch)
     grads = tape.gradient(loss, variables)
+    pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+    finite = tf.math.is_finite(loss)
+    for g, _ in pairs:
+      finite &= tf.reduce_all(tf.math.is_finite(g))
+    if strategy is None:
+      def update():
+        optimizer.apply_gradients(pairs)
+        return tf.constant(True)
+      tf.cond(finite, update, lambda: tf.constant(False))
+      return loss
+    # merge_call (the optimizer's all-reduce) cannot run in a branch: zero
+    # gradients everywhere when any replica's are not finite.
+    ctx = tf.distribute.get_replica_context()
+    finite = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                            tf.cast(~finite, tf.float32)) == 0.
     optimizer.apply_gradients(
-        [(g, v) for g, v in zip(grads, variables) if g is not None])
+        [(tf.where(finite, g, tf.zeros_like(g)), v) for g, v in pairs])
     return loss
 
   @tf.function(jit_compile=jit_compile)
@@ -145,6 +193,13 @@ def train(loss_fn: Callable[..., tf.Tensor],
                        ) from None
     loss = float(step(seeds[i], *batch))
     losses.append(loss)
+    if not math.isfinite(loss) and nonfinite == 'raise':
+      raise FloatingPointError(
+          f'step {i}: the loss is {loss}; its update was not applied. A '
+          'sample\'s solve failed or the flow folded (NaN under the default '
+          'policies and under XLA): lower the learning rate or ψ\'s output '
+          'scale, add a λ_min guard (logdet.min_eigenvalue_penalty), or pass '
+          "nonfinite='skip' to go on without the step.")
     stop = callback is not None and callback(i, loss)
     if log_every and (i % log_every == 0 or i == steps - 1):
       print(f'step {i:5d}  loss {loss:.5f}  {time.time() - start:7.1f}s',
@@ -195,11 +250,13 @@ class DiffeomorphismMonitor:
 def fit_reverse_kl(q: tfd.Distribution, target, steps: int,
                    batch_size: int = 256, learning_rate: float = 1e-3,
                    decay: bool = True, seed: int = 0, log_every: int = 100,
-                   jit_compile: bool = False) -> List[float]:
+                   jit_compile: bool = False, nonfinite: str = 'raise'
+                   ) -> List[float]:
   """Trains q toward target by reverse KL (Eq. 9) with Adam.
 
   With `decay`, the learning rate follows a cosine decay to 0 over `steps`,
   which removes the stochastic-gradient noise floor at the end of training.
+  `nonfinite` is `train`'s: a NaN step raises, or is skipped.
   """
   lr = learning_rate
   if decay:
@@ -207,7 +264,8 @@ def fit_reverse_kl(q: tfd.Distribution, target, steps: int,
   return train(lambda s: reverse_kl_loss(q, target, batch_size, seed=s),
                q.trainable_variables, steps,
                optimizer=tf_keras.optimizers.Adam(lr), seed=seed,
-               log_every=log_every, jit_compile=jit_compile)
+               log_every=log_every, jit_compile=jit_compile,
+               nonfinite=nonfinite)
 
 
 def fit_and_evaluate(q: tfd.Distribution, target, steps: int,
