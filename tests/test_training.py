@@ -224,3 +224,21 @@ def test_a_nonfinite_step_under_a_strategy_keeps_the_variables_finite():
   assert np.isnan(losses[2]) and np.all(np.isfinite(v.numpy()))
   with pytest.raises(ValueError, match='nonfinite'):
     training.train(_nan_at(2, v), [v], 1, nonfinite='ignore')
+
+
+def test_a_nonfinite_step_with_sparse_gradients_is_not_applied():
+  """Gradients of a gather are IndexedSlices; the check reads their values."""
+  table = tf.Variable([[0., 1.], [2., 3.]])
+  count = tf.Variable(-1)
+
+  def loss_fn(s):
+    del s
+    bad = tf.equal(count.assign_add(1), 1)
+    row = tf.gather(table, [0])
+    nan_factor = tf.where(bad, tf.constant(float('nan')), 1.)
+    return tf.reduce_sum(tf.square(row * nan_factor - 3.))
+
+  opt = tf_keras.optimizers.Adam(0.1)
+  with pytest.raises(FloatingPointError, match='step 1'):
+    training.train(loss_fn, [table], 3, optimizer=opt, log_every=0)
+  assert int(opt.iterations) == 1 and np.all(np.isfinite(table.numpy()))

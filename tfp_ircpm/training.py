@@ -146,7 +146,9 @@ def train(loss_fn: Callable[..., tf.Tensor],
     pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
     finite = tf.math.is_finite(loss)
     for g, _ in pairs:
-      finite &= tf.reduce_all(tf.math.is_finite(g))
+      # Sparse gradients (embedding lookups in a Keras ψ) carry `values`.
+      values = g.values if isinstance(g, tf.IndexedSlices) else g
+      finite &= tf.reduce_all(tf.math.is_finite(values))
     if strategy is None:
       def update():
         optimizer.apply_gradients(pairs)
@@ -158,8 +160,9 @@ def train(loss_fn: Callable[..., tf.Tensor],
     ctx = tf.distribute.get_replica_context()
     finite = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
                             tf.cast(~finite, tf.float32)) == 0.
+    dense = [(tf.convert_to_tensor(g), v) for g, v in pairs]
     optimizer.apply_gradients(
-        [(tf.where(finite, g, tf.zeros_like(g)), v) for g, v in pairs])
+        [(tf.where(finite, g, tf.zeros_like(g)), v) for g, v in dense])
     return loss
 
   @tf.function(jit_compile=jit_compile)
